@@ -1,0 +1,229 @@
+"""The catalogue: a local SQLite cache of what the vault holds. The only SQL in the program.
+
+It speeds up planning (diff a listing against the last snapshot without reading
+the vault) and lets an interrupted run resume without redoing finished objects.
+It is never the source of truth: a new host rebuilds it from the vault's manifests.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from replicator.errors import ReplicatorError
+from replicator.sources.base import SourceItem
+from replicator.vault.format import ChunkRef
+from replicator.vault.manifest import Entry
+
+SCHEMA = """
+PRAGMA journal_mode=WAL;
+CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v TEXT);
+-- the head snapshot of each job, as the vault holds it
+CREATE TABLE IF NOT EXISTS snapshots(job TEXT, seq INTEGER, hash TEXT, started TEXT, finished TEXT,
+    checkpoint INTEGER, delta INTEGER, live INTEGER, PRIMARY KEY(job, seq));
+-- the live state of each job at its head snapshot
+CREATE TABLE IF NOT EXISTS entries(job TEXT, key TEXT, size INTEGER, mtime TEXT, etag TEXT, version TEXT,
+    chunks TEXT, PRIMARY KEY(job, key)) WITHOUT ROWID;
+-- objects copied by a run that has not yet written its snapshot
+CREATE TABLE IF NOT EXISTS pending(job TEXT, key TEXT, size INTEGER, mtime TEXT, etag TEXT, version TEXT,
+    chunks TEXT, PRIMARY KEY(job, key)) WITHOUT ROWID;
+-- the current run's listing
+CREATE TABLE IF NOT EXISTS listing(job TEXT, key TEXT, size INTEGER, mtime TEXT, etag TEXT, version TEXT,
+    PRIMARY KEY(job, key)) WITHOUT ROWID;
+-- chunk id -> reference, for dedup across objects and runs
+CREATE TABLE IF NOT EXISTS chunks(id TEXT PRIMARY KEY, ref TEXT) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS runs(job TEXT, started TEXT, finished TEXT, ok INTEGER, error TEXT,
+    copied INTEGER, bytes INTEGER, tombstones INTEGER);
+"""
+
+
+
+def same(a: str, b: str) -> str:
+    """SQL: rows a and b describe the same content (etag, or without one mtime, and size)."""
+    return (f"({a}.size = {b}.size AND ({a}.etag = {b}.etag OR "
+            f"({a}.etag IS NULL AND {b}.etag IS NULL AND {a}.mtime IS {b}.mtime)))")
+
+
+class Catalogue:
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.executescript(SCHEMA)
+            self.db.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error as e:
+            raise ReplicatorError(f"cannot open the catalogue {path}: {e}") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    def transaction(self):
+        return _Tx(self.db)
+
+    # -- identity ------------------------------------------------------------------
+
+    def bind(self, vault_id: str) -> None:
+        """A catalogue belongs to one vault; pointed at another, it starts empty."""
+        row = self.db.execute("SELECT v FROM meta WHERE k='vault_id'").fetchone()
+        if row and row[0] == vault_id:
+            return
+        with self.transaction():
+            for t in ("snapshots", "entries", "pending", "listing", "chunks", "runs", "meta"):
+                self.db.execute(f"DELETE FROM {t}")
+            self.db.execute("INSERT INTO meta VALUES('vault_id', ?)", (vault_id,))
+
+    # -- snapshots and state -------------------------------------------------------
+
+    def head(self, job: str) -> tuple[int, str] | None:
+        row = self.db.execute("SELECT seq, hash FROM snapshots WHERE job=? ORDER BY seq DESC LIMIT 1", (job,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def since_checkpoint(self, job: str) -> tuple[int, int]:
+        """(snapshots, delta entries) written since the last checkpoint, inclusive of it."""
+        row = self.db.execute(
+            "SELECT count(*), coalesce(sum(delta), 0) FROM snapshots WHERE job=? AND seq >= "
+            "(SELECT coalesce(max(seq), 0) FROM snapshots WHERE job=? AND checkpoint=1)", (job, job)).fetchone()
+        return row[0], row[1]
+
+    def record_snapshot(self, job: str, seq: int, hash_: str, started: str, finished: str,
+                        checkpoint: bool, delta: int) -> None:
+        live = self.db.execute("SELECT count(*) FROM entries WHERE job=?", (job,)).fetchone()[0]
+        self.db.execute("INSERT OR REPLACE INTO snapshots VALUES(?,?,?,?,?,?,?,?)",
+                        (job, seq, hash_, started, finished, int(checkpoint), delta, live))
+
+    def reset_job(self, job: str) -> None:
+        for t in ("snapshots", "entries"):
+            self.db.execute(f"DELETE FROM {t} WHERE job=?", (job,))
+
+    def apply(self, job: str, entries: Iterable[Entry]) -> int:
+        """Apply manifest entries (changes and tombstones) to a job's state; also index their chunks."""
+        n = 0
+        for e in entries:
+            n += 1
+            if e.deleted:
+                self.db.execute("DELETE FROM entries WHERE job=? AND key=?", (job, e.key))
+                continue
+            self.db.execute("INSERT OR REPLACE INTO entries VALUES(?,?,?,?,?,?,?)",
+                            (job, e.key, e.size, e.mtime, e.etag, e.version, _refs_json(e.chunks)))
+            self.add_chunks(e.chunks)
+        return n
+
+    def entries(self, job: str) -> Iterator[Entry]:
+        for row in self.db.execute("SELECT key, size, mtime, etag, version, chunks FROM entries WHERE job=? ORDER BY key", (job,)):
+            yield _entry(row)
+
+    def live_count(self, job: str) -> int:
+        return self.db.execute("SELECT count(*) FROM entries WHERE job=?", (job,)).fetchone()[0]
+
+    # -- chunks ---------------------------------------------------------------------
+
+    def add_chunks(self, refs: Iterable[ChunkRef]) -> None:
+        self.db.executemany("INSERT OR IGNORE INTO chunks VALUES(?, ?)",
+                            [(r.id, json.dumps(r.to_json())) for r in refs])
+
+    def chunk(self, chunk_id: str) -> ChunkRef | None:
+        row = self.db.execute("SELECT ref FROM chunks WHERE id=?", (chunk_id,)).fetchone()
+        return ChunkRef.from_json(json.loads(row[0])) if row else None
+
+    # -- a run ------------------------------------------------------------------------
+
+    def start_listing(self, job: str) -> None:
+        self.db.execute("DELETE FROM listing WHERE job=?", (job,))
+
+    def add_listing(self, job: str, items: list[SourceItem]) -> None:
+        with self.transaction():
+            self.db.executemany("INSERT OR REPLACE INTO listing VALUES(?,?,?,?,?,?)",
+                                [(job, i.key, i.size, i.mtime, i.etag, i.version) for i in items])
+
+    def to_copy(self, job: str, batch: int = 1000) -> Iterator[SourceItem]:
+        """Listed items that are neither unchanged at the head nor already copied by an unfinished run.
+        Fetched in key-ordered batches, so memory holds one batch and writes may go on meanwhile."""
+        q = f"""SELECT a.key, a.size, a.mtime, a.etag, a.version FROM listing a
+                WHERE a.job=:job AND a.key > :after
+                  AND NOT EXISTS (SELECT 1 FROM entries b WHERE b.job=:job AND b.key=a.key AND {same("a", "b")})
+                  AND NOT EXISTS (SELECT 1 FROM pending b WHERE b.job=:job AND b.key=a.key AND {same("a", "b")})
+                ORDER BY a.key LIMIT :n"""
+        after = ""
+        while True:
+            rows = self.db.execute(q, {"job": job, "after": after, "n": batch}).fetchall()
+            for row in rows:
+                yield SourceItem(*row)
+            if len(rows) < batch:
+                return
+            after = rows[-1][0]
+
+    def count_to_copy(self, job: str) -> tuple[int, int]:
+        q = f"""SELECT count(*), coalesce(sum(a.size), 0) FROM listing a WHERE a.job=:job
+                  AND NOT EXISTS (SELECT 1 FROM entries b WHERE b.job=:job AND b.key=a.key AND {same("a", "b")})
+                  AND NOT EXISTS (SELECT 1 FROM pending b WHERE b.job=:job AND b.key=a.key AND {same("a", "b")})"""
+        return tuple(self.db.execute(q, {"job": job}).fetchone())
+
+    def add_pending(self, job: str, item: SourceItem, refs: list[ChunkRef]) -> None:
+        self.db.execute("INSERT OR REPLACE INTO pending VALUES(?,?,?,?,?,?,?)",
+                        (job, item.key, item.size, item.mtime, item.etag, item.version, _refs_json(refs)))
+
+    def prepare_delta(self, job: str) -> int:
+        """Fix what the next snapshot records into table `delta`: copied items that match the
+        listing and differ from the head, and tombstones for head entries no longer listed."""
+        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS delta(key TEXT PRIMARY KEY, size INTEGER, mtime TEXT,"
+                        " etag TEXT, version TEXT, chunks TEXT, deleted INTEGER)")
+        self.db.execute("DELETE FROM delta")
+        self.db.execute(f"""INSERT INTO delta SELECT a.key, a.size, a.mtime, a.etag, a.version, a.chunks, 0
+                  FROM pending a JOIN listing l ON l.job=a.job AND l.key=a.key AND {same("a", "l")}
+                  WHERE a.job=:job
+                    AND NOT EXISTS (SELECT 1 FROM entries b WHERE b.job=:job AND b.key=a.key AND {same("a", "b")})""",
+                        {"job": job})
+        self.db.execute("""INSERT INTO delta SELECT key, 0, NULL, NULL, NULL, '[]', 1 FROM entries e
+                  WHERE job=:job AND NOT EXISTS (SELECT 1 FROM listing l WHERE l.job=:job AND l.key=e.key)""",
+                        {"job": job})
+        return self.db.execute("SELECT count(*) FROM delta").fetchone()[0]
+
+    def delta(self) -> Iterator[Entry]:
+        """The prepared delta, in key order."""
+        for row in self.db.execute("SELECT key, size, mtime, etag, version, chunks, deleted FROM delta ORDER BY key"):
+            yield Entry(row[0], 0, deleted=True) if row[6] else _entry(row[:6])
+
+    def delta_counts(self) -> tuple[int, int, int]:
+        """(changed, their bytes, tombstones) in the prepared delta."""
+        return tuple(self.db.execute("SELECT coalesce(sum(deleted=0),0), coalesce(sum(size),0), coalesce(sum(deleted),0) FROM delta").fetchone())
+
+    def finish_run(self, job: str) -> None:
+        self.db.execute("DELETE FROM pending WHERE job=?", (job,))
+        self.db.execute("DELETE FROM listing WHERE job=?", (job,))
+
+    def record_run(self, job: str, started: str, finished: str, ok: bool, error: str | None,
+                   copied: int, nbytes: int, tombstones: int) -> None:
+        self.db.execute("INSERT INTO runs VALUES(?,?,?,?,?,?,?,?)",
+                        (job, started, finished, int(ok), error, copied, nbytes, tombstones))
+
+    def last_runs(self, job: str) -> dict:
+        out = {}
+        row = self.db.execute("SELECT finished FROM runs WHERE job=? AND ok=1 ORDER BY rowid DESC LIMIT 1", (job,)).fetchone()
+        out["last_success"] = row[0] if row else None
+        row = self.db.execute("SELECT finished, error FROM runs WHERE job=? AND ok=0 ORDER BY rowid DESC LIMIT 1", (job,)).fetchone()
+        out["last_error"] = {"time": row[0], "error": row[1]} if row else None
+        return out
+
+
+class _Tx:
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, typ, e, tb):
+        self.db.execute("COMMIT" if e is None else "ROLLBACK")
+        return False
+
+
+def _refs_json(refs: Iterable[ChunkRef]) -> str:
+    return json.dumps([r.to_json() for r in refs], separators=(",", ":"))
+
+
+def _entry(row) -> Entry:
+    return Entry(row[0], row[1], row[2], row[3], row[4], tuple(ChunkRef.from_json(c) for c in json.loads(row[5])))

@@ -1,0 +1,31 @@
+"""`replicator init`: create the vault and, if missing, the key file."""
+
+from __future__ import annotations
+
+from replicator.errors import VaultError
+from replicator.vault.keys import create_key_file, load_key_file
+from replicator.vault.vault import Vault
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("init", help="create the vault (config, keyring) and the key file",
+                       description="Create the vault at [vault].url. Creates key_file (mode 0600) if it does not "
+                                   "exist, or uses the existing one. Refuses to touch an existing vault.")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=run)
+
+
+def run(args, ctx) -> int:
+    cfg = ctx.config
+    store = ctx.vault_store()
+    if store.exists() and Vault.exists(store):
+        raise VaultError(f"a vault already exists at {cfg.vault.url}; refusing to touch it")
+    created_key = not cfg.vault.key_file.exists()
+    key = create_key_file(cfg.vault.key_file) if created_key else load_key_file(cfg.vault.key_file)
+    vault = Vault.create(store, key)
+    ctx.emit({"vault": cfg.vault.url, "vault_id": vault.vault_id, "key_file": str(cfg.vault.key_file),
+              "key_created": created_key, "key_id": key.key_id},
+             f"vault created at {cfg.vault.url} (id {vault.vault_id})\n"
+             f"key file {cfg.vault.key_file} ({'created, mode 0600' if created_key else 'existing, used'}); "
+             f"keep a copy offline: without it the vault cannot be read")
+    return 0

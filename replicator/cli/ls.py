@@ -1,0 +1,34 @@
+"""`replicator ls JOB`: the objects of a job as they were at a point in time."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from replicator.history import History
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("ls", help="list a job's objects at a point in time",
+                       description="List the objects of JOB as they were at TIME (default: latest snapshot).")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("--at", metavar="TIME", help="ISO 8601 or an age like 3d (default: latest)")
+    p.add_argument("--prefix", metavar="P", default="", help="only keys starting with P")
+    p.add_argument("--json", action="store_true", help="JSON lines: one object per line")
+    p.set_defaults(handler=run)
+
+
+def run(args, ctx) -> int:
+    vault = ctx.open_vault()
+    history = History.for_job(vault, args.job)
+    root = history.select(args.at)
+    with history.state(root.seq) as state:
+        if not ctx.json:
+            ctx.say(f"{args.job}: snapshot {root.seq} of {root.started}")
+        for e in state.iter(args.prefix):
+            if ctx.json:
+                sys.stdout.write(json.dumps({"key": e.key, "size": e.size, "mtime": e.mtime, "etag": e.etag,
+                                             "version": e.version}) + "\n")
+            else:
+                sys.stdout.write(f"{e.size:>12}  {e.mtime or '-':<27}  {e.key}\n")
+    return 0

@@ -1,0 +1,95 @@
+"""`replicator [--config PATH] COMMAND`: parse, dispatch, and turn expected errors into one line and an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from replicator import __version__
+from replicator.cli import check_config, init, ls, restore, run, snapshots, status, verify
+from replicator.cli.context import Context
+from replicator.errors import EXIT_FATAL, ReplicatorError
+from replicator.redact import redact
+
+COMMANDS = [init, run, snapshots, ls, restore, verify, status, check_config]
+
+DESCRIPTION = """\
+Replicate buckets into an encrypted, append-only vault at another provider,
+so that no single console can delete both the data and its backup.
+
+Typical first use:
+  replicator init            create the vault and its key file (keep a copy offline)
+  replicator check-config    reach every endpoint read-only
+  replicator run             copy what changed, record a snapshot
+  replicator verify --deep   prove the vault complete and intact
+  replicator restore JOB --to DIR --at 3d
+"""
+
+EPILOG = """\
+TIME is ISO 8601 (2026-11-29T10:00:00Z) or an age: a number and s m h d w (90m, 3d).
+Exit codes: 0 ok; 1 done, but something is wrong (failed objects, verify problems);
+2 could not do the work (bad usage or config, wrong key, vault missing or unreachable).
+The config is --config PATH, else $REPLICATOR_CONFIG, else /etc/replicator/config.toml.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="replicator", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", metavar="PATH", help="config file (TOML)")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
+                   help="log verbosity on stderr (default: warning)")
+    p.add_argument("--log-format", default="text", choices=["text", "json"], help="log line format")
+    p.add_argument("--version", action="version", version=f"replicator {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for cmd in COMMANDS:
+        cmd.add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return EXIT_FATAL
+    _setup_logging(args.log_level, args.log_format)
+    ctx = Context(args)
+    try:
+        return args.handler(args, ctx)
+    except ReplicatorError as e:
+        print(f"replicator: error: {redact(str(e))}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("replicator: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `replicator ls JOB | head`
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler], force=True)
+    for noisy in ("botocore", "aiobotocore", "s3fs", "gcsfs", "adlfs", "asyncssh", "azure", "urllib3", "fsspec"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, level.upper())))
+
+
+class _TextFormatter(logging.Formatter):
+    def __init__(self):
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+
+    def format(self, record):
+        return redact(super().format(record))
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record):
+        import json
+
+        return redact(json.dumps({"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname.lower(),
+                                  "logger": record.name, "message": record.getMessage()}))

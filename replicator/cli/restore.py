@@ -1,0 +1,42 @@
+"""`replicator restore JOB --to URL`: write the objects as they were at TIME to any supported URL."""
+
+from __future__ import annotations
+
+from replicator import config as configmod
+from replicator.cli.context import human_bytes
+from replicator.errors import EXIT_OK, EXIT_PROBLEMS
+from replicator.restore import restore
+from replicator.targets import open_target
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("restore", help="write a job's objects as of a time to any URL",
+                       description="Write the objects of JOB as they were at TIME to URL: a local directory, "
+                                   "s3://bucket/prefix, gs://, az://, sftp://... Endpoint and credentials of the "
+                                   "target come from --to-option (values may be env:NAME or file:/path).")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("--to", required=True, metavar="URL", help="where to write")
+    p.add_argument("--to-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="target option, e.g. endpoint_url=http://... key=env:AWS_KEY (repeatable)")
+    p.add_argument("--at", metavar="TIME", help="ISO 8601 or an age like 3d (default: latest)")
+    p.add_argument("--prefix", metavar="P", default="", help="only keys starting with P")
+    p.add_argument("--dry-run", action="store_true", help="say what would be written, write nothing")
+    p.add_argument("--key", metavar="PATH", help="key file to use instead of [vault].key_file")
+    p.add_argument("--json", action="store_true", help="machine-readable summary")
+    p.set_defaults(handler=run)
+
+
+def run(args, ctx) -> int:
+    options = configmod.resolve_secrets(configmod.parse_option_pairs(args.to_option, "--to-option"), "--to-option")
+    vault = ctx.open_vault(args.key)
+    target = None if args.dry_run else open_target(args.to, options)
+    r = restore(vault, args.job, target, args.at, args.prefix, dry_run=args.dry_run)
+    verb = "would restore" if r.dry_run else "restored"
+    human = (f"{args.job}: {verb} {r.objects} objects ({human_bytes(r.bytes)}) from snapshot {r.snapshot} "
+             f"of {r.time} to {args.to}")
+    if r.skipped:
+        human += f"\n{len(r.skipped)} keys cannot be represented on the target:\n  " + "\n  ".join(r.skipped[:20])
+    if r.errors:
+        human += f"\n{len(r.errors)} objects failed:\n  " + "\n  ".join(r.errors[:20])
+    ctx.emit(r.__dict__, human)
+    return EXIT_PROBLEMS if r.errors or r.skipped else EXIT_OK

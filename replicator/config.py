@@ -1,0 +1,281 @@
+"""TOML config -> frozen dataclasses. Every problem is a ConfigError naming the key path.
+
+Secret references (`env:NAME`, `file:/path`, `raw:literal`) in option maps are kept
+as written here and resolved only when a store or source is opened, so a config
+object can be printed or logged without leaking anything.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from replicator.errors import ConfigError, SecretError
+from replicator.redact import register as register_secret
+from replicator.units import glob_to_regex, parse_duration
+
+DEFAULT_PATH = "/etc/replicator/config.toml"
+DEFAULT_STATE_DIR = "/var/lib/replicator"
+KINDS = ("objects", "git", "svn")
+_SECRET_NAME = re.compile(r"key|secret|password|token|credential|connection_string|sas", re.I)
+_JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class VaultConfig:
+    url: str
+    key_file: Path
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    name: str
+    source: str
+    kind: str = "objects"
+    schedule: str = "1h"
+    include: tuple[str, ...] = ("**",)
+    exclude: tuple[str, ...] = ()
+    source_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    vault: VaultConfig
+    state_dir: Path
+    metrics_listen: str | None
+    jobs: tuple[JobConfig, ...]
+    path: Path | None = None
+
+    def job(self, name: str) -> JobConfig:
+        for j in self.jobs:
+            if j.name == name:
+                return j
+        raise ConfigError("", f"no job named {name!r} in the config (jobs: {', '.join(j.name for j in self.jobs) or 'none'})")
+
+
+def config_path(cli_value: str | None) -> Path:
+    return Path(cli_value or os.environ.get("REPLICATOR_CONFIG") or DEFAULT_PATH)
+
+
+def load(path: Path) -> Config:
+    """Read and validate a config file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("", f"config file {path} not found (use --config PATH or REPLICATOR_CONFIG)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError("", f"cannot read config file {path}: {getattr(e, 'strerror', None) or e}") from None
+    return parse(text, base_dir=path.parent.resolve(), path=path)
+
+
+def parse(text: str, base_dir: Path, path: Path | None = None) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("", f"not valid TOML: {e}") from None
+    r = _Reader(data, "")
+    vault = _vault(r.table("vault", required=True), base_dir)
+    state = r.table("state")
+    state_dir = state.path("dir", base_dir, default=os.environ.get("STATE_DIRECTORY") or DEFAULT_STATE_DIR)
+    state.done()
+    metrics = r.table("metrics")
+    listen = metrics.string("listen", default=None)
+    if listen is not None and not re.match(r"^[^\s:]*:\d{1,5}$", listen):
+        raise ConfigError("metrics.listen", f"expected HOST:PORT, got {listen!r}")
+    metrics.done()
+    jobs = tuple(_job(j) for j in r.array_of_tables("jobs"))
+    seen: set[str] = set()
+    for i, j in enumerate(jobs):
+        if j.name in seen:
+            raise ConfigError(f"jobs[{i}].name", f"duplicate job name {j.name!r}")
+        seen.add(j.name)
+    r.done()
+    return Config(vault=vault, state_dir=state_dir, metrics_listen=listen, jobs=jobs, path=path)
+
+
+def _vault(t: "_Reader", base_dir: Path) -> VaultConfig:
+    url = t.string("url", required=True)
+    if not url:
+        raise ConfigError(t.key("url"), "must not be empty")
+    v = VaultConfig(url=url, key_file=t.path("key_file", base_dir, default="/etc/replicator/vault.key"),
+                    options=t.options("options"))
+    t.done()
+    return v
+
+
+def _job(t: "_Reader") -> JobConfig:
+    name = t.string("name", required=True)
+    if not _JOB_NAME.match(name):
+        raise ConfigError(t.key("name"), f"{name!r} is not a valid job name (letters, digits, . _ -; at most 64)")
+    kind = t.string("kind", default="objects")
+    if kind not in KINDS:
+        raise ConfigError(t.key("kind"), f"must be one of {', '.join(KINDS)}, got {kind!r}")
+    source = t.string("source", required=True)
+    if not source:
+        raise ConfigError(t.key("source"), "must not be empty")
+    schedule = t.string("schedule", default="1h")
+    try:
+        validate_schedule(schedule)
+    except ValueError as e:
+        raise ConfigError(t.key("schedule"), str(e)) from None
+    include = t.globs("include", default=("**",))
+    exclude = t.globs("exclude", default=())
+    job = JobConfig(name=name, source=source, kind=kind, schedule=schedule, include=include,
+                    exclude=exclude, source_options=t.options("source_options"))
+    t.done()
+    return job
+
+
+def validate_schedule(text: str) -> None:
+    """A schedule is an interval (`15m`) or a 5-field cron expression."""
+    if len(text.split()) == 5:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(text)
+        except ValueError as e:
+            raise ValueError(f"bad cron expression {text!r}: {e}") from None
+        return
+    try:
+        if parse_duration(text).total_seconds() <= 0:
+            raise ValueError("an interval must be longer than zero")
+    except ValueError:
+        raise ValueError(f"expected a cron expression (*/15 * * * *) or an interval like 30s, 15m, 6h; got {text!r}") from None
+
+
+class _Reader:
+    """Walks one TOML table, remembering which keys were used so unknown ones are refused."""
+
+    def __init__(self, data: Any, prefix: str):
+        if not isinstance(data, dict):
+            raise ConfigError(prefix, f"expected a table, got {type(data).__name__}")
+        self.data, self.prefix, self.used = data, prefix, set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def _get(self, name: str, required: bool):
+        self.used.add(name)
+        if name not in self.data:
+            if required:
+                raise ConfigError(self.key(name), "missing (required)")
+            return None
+        return self.data[name]
+
+    def table(self, name: str, required: bool = False) -> "_Reader":
+        v = self._get(name, required)
+        return _Reader({} if v is None else v, self.key(name))
+
+    def array_of_tables(self, name: str) -> list["_Reader"]:
+        v = self._get(name, False) or []
+        if not isinstance(v, list):
+            raise ConfigError(self.key(name), "expected an array of tables ([[jobs]])")
+        return [_Reader(item, f"{self.key(name)}[{i}]") for i, item in enumerate(v)]
+
+    def string(self, name: str, required: bool = False, default: str | None = None) -> str | None:
+        v = self._get(name, required)
+        if v is None:
+            return default
+        if not isinstance(v, str):
+            raise ConfigError(self.key(name), f"expected a string, got {_kind(v)}")
+        return v
+
+    def path(self, name: str, base_dir: Path, default: str) -> Path:
+        p = Path(self.string(name, default=default)).expanduser()
+        return p if p.is_absolute() else base_dir / p
+
+    def globs(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        v = self._get(name, False)
+        if v is None:
+            return default
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise ConfigError(self.key(name), "expected a list of glob strings")
+        for i, p in enumerate(v):
+            try:
+                glob_to_regex(p)
+            except ValueError as e:
+                raise ConfigError(f"{self.key(name)}[{i}]", str(e)) from None
+        return tuple(v)
+
+    def options(self, name: str) -> dict[str, Any]:
+        v = self._get(name, False)
+        if v is None:
+            return {}
+        if not isinstance(v, dict):
+            raise ConfigError(self.key(name), f"expected a table, got {_kind(v)}")
+        return v
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise ConfigError(self.key(unknown[0]), "unknown key")
+
+
+def _kind(v: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", list: "an array", dict: "a table"}.get(type(v), type(v).__name__)
+
+
+def resolve_secrets(options: dict[str, Any], path: str) -> dict[str, Any]:
+    """Replace `env:NAME` / `file:/path` / `raw:x` string values (recursively) by what they name."""
+
+    def one(v: Any, p: str) -> Any:
+        if isinstance(v, dict):
+            out = {k: one(x, f"{p}.{k}") for k, x in v.items()}
+            for k, x in out.items():
+                if _SECRET_NAME.search(k) and isinstance(x, str):
+                    register_secret(x)  # a literal secret in the config is masked too
+            return out
+        if isinstance(v, list):
+            return [one(x, f"{p}[{i}]") for i, x in enumerate(v)]
+        if not isinstance(v, str):
+            return v
+        if v.startswith("env:"):
+            name = v[4:]
+            if name not in os.environ:
+                raise SecretError(p, f"environment variable {name} is not set")
+            register_secret(os.environ[name])
+            return os.environ[name]
+        if v.startswith("file:"):
+            try:
+                value = Path(v[5:]).read_text(encoding="utf-8").strip()
+                register_secret(value)
+                return value
+            except OSError as e:
+                raise SecretError(p, f"cannot read secret file {v[5:]}: {e.strerror}") from None
+        if v.startswith("raw:"):
+            return v[4:]
+        return v
+
+    return one(dict(options), path)
+
+
+def parse_option_pairs(pairs: list[str], path: str) -> dict[str, Any]:
+    """`KEY=VALUE` strings from the command line (`--to-option`) -> an options map."""
+    out: dict[str, Any] = {}
+    for p in pairs:
+        if "=" not in p:
+            raise ConfigError(path, f"expected KEY=VALUE, got {p.split('=')[0]!r}")
+        k, v = p.split("=", 1)
+        out[k.strip()] = _scalar(v)
+    return out
+
+
+def _scalar(text: str) -> Any:
+    """Command-line option values: true/false, integers and JSON lists are typed; the rest are strings."""
+    if text in ("true", "false"):
+        return text == "true"
+    if re.fullmatch(r"-?\d+", text):
+        return int(text)
+    if text.startswith("["):
+        import json
+
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+    return text

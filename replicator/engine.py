@@ -1,0 +1,236 @@
+"""One replication pass of one job: sync the catalogue, list, copy what changed, write a snapshot.
+
+Order of effects, which is what makes a crash at any moment safe:
+  1. every blob is written (create-only, size checked) before the catalogue records it;
+  2. copied objects are recorded as `pending`, so a killed run resumes where it stopped;
+  3. the snapshot root is written last, then the catalogue commits the new head in one
+     transaction; if the process dies between the two, the next run finds the root in
+     the vault and applies it (`sync_job`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable
+
+from replicator.catalogue import Catalogue
+from replicator.config import JobConfig
+from replicator.errors import IntegrityError, SourceChanged, SourceError
+from replicator.history import History
+from replicator.sources.base import Source, SourceItem
+from replicator.units import format_time
+from replicator.vault.format import CHUNK_SIZE, PAGE_SIZE, ChunkRef
+from replicator.vault.manifest import SnapshotRoot, encode_pages
+from replicator.vault.vault import Vault
+
+log = logging.getLogger("replicator.engine")
+
+CHECKPOINT_EVERY = 200  # at most this many deltas between full checkpoints
+LIST_BATCH = 2000
+
+
+@dataclass
+class RunStats:
+    job: str
+    started: str = ""
+    listed: int = 0
+    to_copy: int = 0
+    to_copy_bytes: int = 0
+    copied: int = 0
+    copied_bytes: int = 0
+    reused: int = 0  # chunks found already in the vault
+    unchanged: int = 0
+    tombstones: int = 0
+    warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    seq: int | None = None
+    dry_run: bool = False
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+Progress = Callable[[RunStats], None]
+
+
+def sync_job(vault: Vault, cat: Catalogue, job: str) -> None:
+    """Bring the catalogue's copy of a job up to the vault's head; detect rollback."""
+    history = History.for_job(vault, job)
+    seqs = history.seqs
+    head = cat.head(job)
+    if seqs and seqs != list(range(seqs[-1] + 1)):
+        missing = sorted(set(range(seqs[-1] + 1)) - set(seqs))
+        raise IntegrityError(f"job {job!r}: snapshot {missing[0]} is missing from the vault")
+    if head is not None:
+        if not seqs or seqs[-1] < head[0]:
+            raise IntegrityError(f"job {job!r}: the vault lacks snapshot {head[0]} that this host wrote (deleted or rolled back)")
+        if history.root(head[0])[1] != head[1]:
+            raise IntegrityError(f"job {job!r}: snapshot {head[0]} in the vault differs from the one this host wrote")
+        if seqs[-1] == head[0]:
+            return
+        start = head[0] + 1
+    elif not seqs:
+        return
+    else:
+        start = seqs[-1]
+        while not history.root(start)[0].checkpoint:
+            start -= 1
+    with cat.transaction():
+        prev = head[1] if head and start == head[0] + 1 else None
+        for seq in range(start, seqs[-1] + 1):
+            root, digest = history.root(seq)
+            if prev is not None and root.prev != prev:
+                raise IntegrityError(f"job {job!r}: snapshot {seq} does not chain to snapshot {seq - 1}")
+            if root.checkpoint:
+                cat.reset_job(job)
+            n = cat.apply(job, history.entries(root))
+            cat.record_snapshot(job, seq, digest, root.started, root.finished, root.checkpoint, n)
+            prev = digest
+    log.info("job %s: catalogue synced with the vault up to snapshot %d", job, seqs[-1])
+
+
+def run_job(vault: Vault, cat: Catalogue, job: JobConfig, source: Source, *, dry_run: bool = False,
+            workers: int = 8, progress: Progress | None = None, stop: threading.Event | None = None) -> RunStats:
+    stats = RunStats(job=job.name, dry_run=dry_run)
+    t0 = time.monotonic()
+    started = datetime.now(timezone.utc)
+    stats.started = format_time(started)
+    sync_job(vault, cat, job.name)
+
+    cat.start_listing(job.name)
+    batch: list[SourceItem] = []
+    for item in source.list():
+        batch.append(item)
+        if len(batch) >= LIST_BATCH:
+            cat.add_listing(job.name, batch)
+            stats.listed += len(batch)
+            batch = []
+            if progress:
+                progress(stats)
+    cat.add_listing(job.name, batch)
+    stats.listed += len(batch)
+    stats.to_copy, stats.to_copy_bytes = cat.count_to_copy(job.name)
+    if progress:
+        progress(stats)
+
+    if dry_run:
+        cat.prepare_delta(job.name)
+        stats.tombstones = cat.delta_counts()[2]
+        stats.unchanged = stats.listed - stats.to_copy
+        stats.seconds = time.monotonic() - t0
+        return stats
+
+    _copy(vault, cat, job.name, source, stats, workers, progress, stop)
+    if stop is not None and stop.is_set():
+        stats.errors.append("stopped before the snapshot was written; the next run resumes")
+        stats.seconds = time.monotonic() - t0
+        return stats
+    _write_snapshot(vault, cat, job, started, stats)
+    stats.seconds = time.monotonic() - t0
+    return stats
+
+
+def _copy(vault: Vault, cat: Catalogue, job: str, source: Source, stats: RunStats, workers: int,
+          progress: Progress | None, stop: threading.Event | None) -> None:
+    """Copy every item that needs it, `workers` at a time; record each as pending when done."""
+    lock = threading.Lock()
+
+    def known(cid: str) -> ChunkRef | None:
+        with lock:
+            return cat.chunk(cid)
+
+    def copy_one(item: SourceItem) -> list[ChunkRef]:
+        refs = []
+        for data in source.read(item, CHUNK_SIZE):
+            cid = vault.chunk_id(data)
+            ref = known(cid)
+            if ref is None:
+                ref = vault.write_chunk(data, cid=cid)
+            else:
+                stats.reused += 1
+            refs.append(ref)
+        return refs
+
+    last_commit = time.monotonic()
+    in_flight: dict[Future, SourceItem] = {}
+    pending_done: list[tuple[SourceItem, list[ChunkRef]]] = []
+
+    def flush() -> None:
+        with lock, cat.transaction():
+            for item, refs in pending_done:
+                cat.add_pending(job, item, refs)
+                cat.add_chunks(refs)
+        pending_done.clear()
+
+    def collect(done) -> None:
+        for f in done:
+            item = in_flight.pop(f)
+            try:
+                refs = f.result()
+            except SourceChanged as e:
+                stats.warnings.append(str(e))
+                continue
+            except SourceError as e:
+                stats.errors.append(str(e))
+                continue
+            pending_done.append((item, refs))
+            stats.copied += 1
+            stats.copied_bytes += item.size
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="copy") as pool:
+        try:
+            for item in cat.to_copy(job):
+                if stop is not None and stop.is_set():
+                    break
+                while len(in_flight) >= workers * 2:
+                    done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    collect(done)
+                in_flight[pool.submit(copy_one, item)] = item
+                if pending_done and (len(pending_done) >= 500 or time.monotonic() - last_commit > 1.0):
+                    flush()
+                    last_commit = time.monotonic()
+                    if progress:
+                        progress(stats)
+            collect(wait(in_flight).done)
+        finally:
+            # Whatever happens, what finished is recorded: a rerun will not copy it again.
+            for f in list(in_flight):
+                f.cancel()
+            done = [f for f in in_flight if f.done() and not f.cancelled() and f.exception() is None]
+            for f in done:
+                pending_done.append((in_flight.pop(f), f.result()))
+            flush()
+    if progress:
+        progress(stats)
+
+
+def _write_snapshot(vault: Vault, cat: Catalogue, job: JobConfig, started: datetime, stats: RunStats) -> None:
+    head = cat.head(job.name)
+    seq = 0 if head is None else head[0] + 1
+    n_delta = cat.prepare_delta(job.name)
+    changed, _, stats.tombstones = cat.delta_counts()
+    stats.unchanged = stats.listed - stats.to_copy
+    count, delta_sum = cat.since_checkpoint(job.name)
+    with cat.transaction():
+        live_before = cat.live_count(job.name)
+        checkpoint = head is None or count >= CHECKPOINT_EVERY or delta_sum + n_delta >= max(live_before, 1000)
+        delta_pages = [] if checkpoint else [vault.write_chunk(p) for p in encode_pages(cat.delta(), PAGE_SIZE)]
+        cat.apply(job.name, cat.delta())
+        pages = [vault.write_chunk(p) for p in encode_pages(cat.entries(job.name), PAGE_SIZE)] if checkpoint else delta_pages
+        root = SnapshotRoot(
+            job=job.name, kind=job.kind, seq=seq, prev=head[1] if head else None, started=format_time(started),
+            finished=format_time(datetime.now(timezone.utc)), checkpoint=checkpoint, pages=tuple(pages),
+            stats={"listed": stats.listed, "changed": changed, "tombstones": stats.tombstones,
+                   "live": cat.live_count(job.name), "copied_bytes": stats.copied_bytes})
+        digest = vault.write_snapshot(vault.job_id(job.name), root)
+        cat.record_snapshot(job.name, seq, digest, root.started, root.finished, checkpoint, n_delta)
+        cat.finish_run(job.name)
+    stats.seq = seq
+    log.info("job %s: snapshot %d written (%d changed, %d tombstones, %s)", job.name, seq, changed,
+             stats.tombstones, "checkpoint" if checkpoint else "delta")

@@ -1,0 +1,150 @@
+"""A job's history as the vault holds it: its chain of snapshots and the state at any of them.
+
+Read straight from the vault (no catalogue needed), so a new host with only the
+config and the key file can list and restore. States are rebuilt in a temporary
+SQLite file, so memory does not grow with the number of objects.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator
+
+from replicator.errors import IntegrityError, NotFound, ReplicatorError
+from replicator.units import parse_time
+from replicator.vault.manifest import Entry, SnapshotRoot, decode_page
+from replicator.vault.vault import Vault
+
+
+class History:
+    def __init__(self, vault: Vault, job_id: str, seqs: list[int]):
+        self.vault, self.job_id, self.seqs = vault, job_id, seqs
+        self._roots: dict[int, tuple[SnapshotRoot, str]] = {}
+
+    @classmethod
+    def for_job(cls, vault: Vault, job_name: str) -> "History":
+        jid = vault.job_id(job_name)
+        return cls(vault, jid, vault.snapshot_seqs().get(jid, []))
+
+    def roots(self) -> list[SnapshotRoot]:
+        """Every snapshot root, oldest first (read concurrently; each is one small GET)."""
+        missing = [s for s in self.seqs if s not in self._roots]
+        with ThreadPoolExecutor(16) as pool:
+            for seq, got in zip(missing, pool.map(lambda s: self.vault.read_snapshot(self.job_id, s), missing)):
+                self._roots[seq] = got
+        return [self._roots[s][0] for s in self.seqs]
+
+    def root(self, seq: int) -> tuple[SnapshotRoot, str]:
+        if seq not in self._roots:
+            self._roots[seq] = self.vault.read_snapshot(self.job_id, seq)
+        return self._roots[seq]
+
+    def select(self, at: str | None) -> SnapshotRoot:
+        """The newest snapshot whose time is at or before `at` (default: the latest)."""
+        if not self.seqs:
+            raise ReplicatorError("the vault holds no snapshot of this job")
+        if at is None:
+            return self.root(self.seqs[-1])[0]
+        t = parse_time(at)
+        best = None
+        for r in self.roots():
+            if parse_time(r.started) <= t:
+                best = r
+        if best is None:
+            first = self.root(self.seqs[0])[0]
+            raise ReplicatorError(f"no snapshot at or before {at}; the first is from {first.started}")
+        return best
+
+    def entries(self, root: SnapshotRoot) -> Iterator[Entry]:
+        """Every entry recorded by one snapshot's manifest (a delta or a checkpoint)."""
+        for page in root.pages:
+            yield from decode_page(self.vault.read_chunk(page))
+
+    def state(self, seq: int) -> "State":
+        """The live objects at snapshot seq: the last checkpoint at or before it plus the deltas after."""
+        chain = []
+        s = seq
+        while True:
+            root = self.root(s)[0]
+            chain.append(root)
+            if root.checkpoint:
+                break
+            if s == 0:
+                raise IntegrityError("snapshot chain has no checkpoint")
+            s -= 1
+        state = State()
+        for root in reversed(chain):
+            if root.checkpoint:
+                state.clear()
+            state.apply(self.entries(root))
+        return state
+
+
+class State:
+    """A set of live entries in a temporary on-disk table, iterated in key order."""
+
+    def __init__(self):
+        self._dir = tempfile.TemporaryDirectory(prefix="replicator-state-")
+        self.db = sqlite3.connect(Path(self._dir.name) / "state.db")
+        self.db.execute("PRAGMA journal_mode=OFF")
+        self.db.execute("PRAGMA synchronous=OFF")
+        self.db.execute("CREATE TABLE e(key TEXT PRIMARY KEY, size INTEGER, data TEXT) WITHOUT ROWID")
+
+    def clear(self) -> None:
+        self.db.execute("DELETE FROM e")
+
+    def apply(self, entries: Iterator[Entry]) -> None:
+        with self.db:
+            for e in entries:
+                if e.deleted:
+                    self.db.execute("DELETE FROM e WHERE key=?", (e.key,))
+                else:
+                    self.db.execute("INSERT OR REPLACE INTO e VALUES(?,?,?)", (e.key, e.size, json.dumps(e.to_json())))
+
+    def count(self, prefix: str = "") -> tuple[int, int]:
+        return tuple(self.db.execute("SELECT count(*), coalesce(sum(size),0) FROM e WHERE substr(key,1,?)=?",
+                                     (len(prefix), prefix)).fetchone())
+
+    def __iter__(self) -> Iterator[Entry]:
+        return self.iter()
+
+    def iter(self, prefix: str = "") -> Iterator[Entry]:
+        after = None
+        while True:  # keyset pagination: no cursor held open across callers' work
+            if after is None:
+                rows = self.db.execute("SELECT key, data FROM e WHERE substr(key,1,?)=? ORDER BY key LIMIT 1000",
+                                       (len(prefix), prefix)).fetchall()
+            else:
+                rows = self.db.execute("SELECT key, data FROM e WHERE substr(key,1,?)=? AND key > ? ORDER BY key LIMIT 1000",
+                                       (len(prefix), prefix, after)).fetchall()
+            for _, data in rows:
+                yield Entry.from_json(json.loads(data))
+            if len(rows) < 1000:
+                return
+            after = rows[-1][0]
+
+    def close(self) -> None:
+        self.db.close()
+        self._dir.cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def job_names(vault: Vault) -> dict[str, str]:
+    """job id -> job name for every job present in the vault (from each one's latest snapshot)."""
+    out = {}
+    for jid, seqs in vault.snapshot_seqs().items():
+        try:
+            out[jid] = vault.read_snapshot(jid, seqs[-1])[0].job
+        except (IntegrityError, NotFound):
+            out[jid] = f"<unreadable job {jid[:8]}>"
+    return out
+

@@ -1,0 +1,79 @@
+"""Parsing of the small languages users type: times, durations, glob patterns."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+
+
+def parse_duration(text: str) -> timedelta:
+    """`90m`, `3d`, `30s` -> timedelta. Raises ValueError with a readable message."""
+    m = _DURATION.match(text)
+    if not m:
+        raise ValueError(f"expected a number and one of s m h d w (like 15m), got {text!r}")
+    return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+
+
+def parse_time(text: str, now: datetime | None = None) -> datetime:
+    """ISO 8601 or a relative form meaning 'that long ago' -> aware UTC datetime."""
+    now = now or datetime.now(timezone.utc)
+    if _DURATION.match(text):
+        return now - parse_duration(text)
+    try:
+        t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"expected ISO 8601 (2026-11-29T10:00:00Z) or an age like 90m or 3d, got {text!r}") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    return t.astimezone(timezone.utc)
+
+
+def format_time(t: datetime) -> str:
+    """UTC, second precision, with a Z: the one way times are shown."""
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def glob_to_regex(pattern: str) -> re.Pattern:
+    """A key glob: `**` crosses `/`, `*` and `?` do not, `[...]` is a class."""
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif c == "*":
+            out.append("[^/]*")
+            i += 1
+        elif c == "?":
+            out.append("[^/]")
+            i += 1
+        elif c == "[":
+            j = pattern.find("]", i + 1)
+            if j < 0:
+                raise ValueError(f"unclosed '[' in pattern {pattern!r}")
+            body = pattern[i + 1 : j]
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            out.append("[" + body.replace("\\", "\\\\") + "]")
+            i = j + 1
+        else:
+            out.append(re.escape(c))
+            i += 1
+    return re.compile("".join(out) + r"\Z", re.DOTALL)
+
+
+class KeyFilter:
+    """include/exclude globs over source keys; a key passes if it matches an include and no exclude."""
+
+    def __init__(self, include: tuple[str, ...], exclude: tuple[str, ...]):
+        self._inc = [glob_to_regex(p) for p in include]
+        self._exc = [glob_to_regex(p) for p in exclude]
+
+    def __call__(self, key: str) -> bool:
+        return any(r.match(key) for r in self._inc) and not any(r.match(key) for r in self._exc)

@@ -1,0 +1,144 @@
+"""Authenticated encryption of one blob: AES-256-GCM in fixed segments, STREAM-style nonces.
+
+Pure functions over bytes; nothing here touches storage. Layout (docs/FORMAT.md):
+
+    header = "RPLB" | version u8 | wrap u8 | key_id 8B | wrapped_len u16 | wrapped_dek
+             | nonce_prefix 7B | segment_size u32 | plaintext_len u64
+    body   = segment_0 .. segment_n-1, each AES-GCM(ciphertext || 16-byte tag)
+
+Segment i uses nonce = nonce_prefix || u32(i) || u8(last) and the whole header as
+associated data, so truncation, reordering, splicing between blobs and header
+tampering are all detected. Each blob has a fresh 256-bit data key, wrapped
+(RFC 3394) under the keyring's data key-encryption key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import struct
+from dataclasses import dataclass
+from typing import Callable
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
+
+from replicator.errors import IntegrityError
+
+MAGIC = b"RPLB"
+VERSION = 1
+WRAP_AES_KW = 1  # data key wrapped with AES key wrap (RFC 3394) under the keyring's data KEK
+SEGMENT_SIZE = 64 * 1024
+TAG_SIZE = 16
+_FIXED = struct.Struct(">4sBB8sH")  # magic, version, wrap, key_id, wrapped_len
+_TAIL = struct.Struct(">7sIQ")  # nonce_prefix, segment_size, plaintext_len
+
+Random = Callable[[int], bytes]
+
+
+@dataclass(frozen=True)
+class Header:
+    key_id: bytes
+    wrap: int
+    wrapped_dek: bytes
+    nonce_prefix: bytes
+    segment_size: int
+    plaintext_len: int
+    raw: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.raw)
+
+    def segments(self) -> int:
+        return max(1, -(-self.plaintext_len // self.segment_size))
+
+    def ciphertext_len(self) -> int:
+        return self.size + self.plaintext_len + self.segments() * TAG_SIZE
+
+
+def hkdf(key: bytes, info: bytes, length: int = 32) -> bytes:
+    return HKDF(algorithm=SHA256(), length=length, salt=None, info=info).derive(key)
+
+
+def keyed_hash(key: bytes, domain: bytes, data: bytes) -> bytes:
+    """HMAC-SHA256 with a domain prefix: blob names and ids that reveal nothing without the key."""
+    h = hmac.new(key, domain + b"\0", hashlib.sha256)
+    h.update(data)
+    return h.digest()
+
+
+def seal(plaintext: bytes, kek: bytes, key_id: bytes, rng: Random = os.urandom,
+         segment_size: int = SEGMENT_SIZE) -> bytes:
+    """Encrypt plaintext into one self-contained blob."""
+    dek = rng(32)
+    wrapped = aes_key_wrap(kek, dek)
+    raw = _FIXED.pack(MAGIC, VERSION, WRAP_AES_KW, key_id, len(wrapped)) + wrapped + _TAIL.pack(
+        rng(7), segment_size, len(plaintext))
+    header = parse_header(raw)
+    aead = AESGCM(dek)
+    out = [raw]
+    n = header.segments()
+    view = memoryview(plaintext)
+    for i in range(n):
+        seg = view[i * segment_size:(i + 1) * segment_size]
+        out.append(aead.encrypt(_nonce(header.nonce_prefix, i, i == n - 1), bytes(seg), raw))
+    return b"".join(out)
+
+
+def parse_header(data: bytes) -> Header:
+    """Parse a blob header from the first bytes of a blob (at least the whole header)."""
+    if len(data) < _FIXED.size:
+        raise IntegrityError("blob too short for a header")
+    magic, version, wrap, key_id, wrapped_len = _FIXED.unpack_from(data)
+    if magic != MAGIC:
+        raise IntegrityError("not a replicator blob (bad magic)")
+    if version != VERSION:
+        raise IntegrityError(f"unsupported blob version {version}")
+    if wrap != WRAP_AES_KW or wrapped_len != 40:
+        raise IntegrityError(f"unsupported key wrapping {wrap}/{wrapped_len}")
+    end = _FIXED.size + wrapped_len + _TAIL.size
+    if len(data) < end:
+        raise IntegrityError("blob header truncated")
+    wrapped = bytes(data[_FIXED.size:_FIXED.size + wrapped_len])
+    prefix, seg, plen = _TAIL.unpack_from(data, _FIXED.size + wrapped_len)
+    if not 1024 <= seg <= 16 * 2**20 or plen > 2**40:
+        raise IntegrityError("implausible blob header")
+    return Header(key_id, wrap, wrapped, prefix, seg, plen, bytes(data[:end]))
+
+
+def open_blob(blob: bytes, kek: bytes) -> bytes:
+    """Decrypt a whole blob; IntegrityError if anything was altered, truncated or extended."""
+    header = parse_header(blob)
+    if len(blob) != header.ciphertext_len():
+        raise IntegrityError(f"blob is {len(blob)} bytes, its header says {header.ciphertext_len()}")
+    return decrypt_segments(header, kek, 0, memoryview(blob)[header.size:])
+
+
+def decrypt_segments(header: Header, kek: bytes, first: int, data: bytes | memoryview) -> bytes:
+    """Decrypt consecutive segments starting at index `first` (random access into a blob)."""
+    try:
+        dek = aes_key_unwrap(kek, header.wrapped_dek)
+    except InvalidUnwrap:
+        raise IntegrityError("blob data key does not unwrap (wrong key or altered header)") from None
+    aead = AESGCM(dek)
+    n = header.segments()
+    step = header.segment_size + TAG_SIZE
+    out = []
+    for j, pos in enumerate(range(0, len(data), step)):
+        i = first + j
+        if i >= n:
+            raise IntegrityError("blob has more segments than its header says")
+        try:
+            out.append(aead.decrypt(_nonce(header.nonce_prefix, i, i == n - 1), bytes(data[pos:pos + step]), header.raw))
+        except InvalidTag:
+            raise IntegrityError(f"segment {i} failed authentication") from None
+    return b"".join(out)
+
+
+def _nonce(prefix: bytes, index: int, last: bool) -> bytes:
+    return prefix + struct.pack(">IB", index, 1 if last else 0)

@@ -1,0 +1,127 @@
+"""Snapshots: one manifest per completed run of a job, chained by hash.
+
+A manifest is a small root (the `snapshots/<job id>/<seq>` blob) and pages (ordinary
+chunks in data/) of JSON lines, one line per entry:
+
+    {"k": key, "s": size, "m": mtime, "e": etag, "v": version, "c": [chunk refs]}
+    {"k": key, "d": 1}                                  a tombstone: gone from the source
+
+A delta manifest holds what changed since the previous snapshot; a checkpoint holds
+the whole live state. This module is pure: it encodes, decodes and validates.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+from replicator.errors import IntegrityError
+from replicator.vault.format import FORMAT_VERSION, ChunkRef
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str
+    size: int
+    mtime: str | None = None
+    etag: str | None = None
+    version: str | None = None
+    chunks: tuple[ChunkRef, ...] = ()
+    deleted: bool = False  # a tombstone
+
+    def to_json(self) -> dict:
+        if self.deleted:
+            return {"k": self.key, "d": 1}
+        d: dict[str, Any] = {"k": self.key, "s": self.size}
+        if self.mtime is not None:
+            d["m"] = self.mtime
+        if self.etag is not None:
+            d["e"] = self.etag
+        if self.version is not None:
+            d["v"] = self.version
+        d["c"] = [c.to_json() for c in self.chunks]
+        return d
+
+    @classmethod
+    def from_json(cls, d: Any) -> "Entry":
+        if not isinstance(d, dict) or not isinstance(d.get("k"), str):
+            raise IntegrityError("malformed manifest entry")
+        if d.get("d") == 1:
+            return cls(key=d["k"], size=0, deleted=True)
+        size, chunks = d.get("s"), d.get("c")
+        if not isinstance(size, int) or size < 0 or not isinstance(chunks, list):
+            raise IntegrityError(f"malformed manifest entry for a key of {len(d['k'])} characters")
+        refs = tuple(ChunkRef.from_json(c) for c in chunks)
+        if sum(r.size for r in refs) != size:
+            raise IntegrityError("manifest entry's chunks do not add up to its size")
+        return cls(d["k"], size, _opt_str(d, "m"), _opt_str(d, "e"), _opt_str(d, "v"), refs)
+
+
+def _opt_str(d: dict, k: str) -> str | None:
+    v = d.get(k)
+    if v is not None and not isinstance(v, str):
+        raise IntegrityError(f"manifest entry field {k!r} is not a string")
+    return v
+
+
+@dataclass(frozen=True)
+class SnapshotRoot:
+    """The decoded root of one manifest."""
+
+    job: str
+    kind: str
+    seq: int
+    prev: str | None  # sha256 hex of the previous root's stored bytes
+    started: str  # ISO time the run began listing the source: the snapshot's time
+    finished: str
+    checkpoint: bool
+    pages: tuple[ChunkRef, ...]
+    stats: dict = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return json.dumps({
+            "format": FORMAT_VERSION, "type": "snapshot", "job": self.job, "kind": self.kind,
+            "seq": self.seq, "prev": self.prev, "started": self.started, "finished": self.finished,
+            "checkpoint": self.checkpoint, "pages": [p.to_json() for p in self.pages], "stats": self.stats,
+        }, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "SnapshotRoot":
+        try:
+            d = json.loads(data)
+            if d.get("type") != "snapshot" or d.get("format") != FORMAT_VERSION:
+                raise IntegrityError("not a version-1 snapshot manifest")
+            root = cls(job=d["job"], kind=d["kind"], seq=d["seq"], prev=d["prev"], started=d["started"],
+                       finished=d["finished"], checkpoint=d["checkpoint"],
+                       pages=tuple(ChunkRef.from_json(p) for p in d["pages"]), stats=d.get("stats") or {})
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise IntegrityError("malformed snapshot manifest") from None
+        if not (isinstance(root.seq, int) and root.seq >= 0 and isinstance(root.job, str)
+                and isinstance(root.checkpoint, bool) and (root.prev is None or isinstance(root.prev, str))):
+            raise IntegrityError("malformed snapshot manifest fields")
+        return root
+
+
+def encode_pages(entries: Iterable[Entry], page_size: int) -> Iterator[bytes]:
+    """Entries (in key order) -> page plaintexts of about page_size bytes of JSON lines."""
+    buf: list[bytes] = []
+    n = 0
+    for e in entries:
+        line = json.dumps(e.to_json(), separators=(",", ":")).encode() + b"\n"
+        buf.append(line)
+        n += len(line)
+        if n >= page_size:
+            yield b"".join(buf)
+            buf, n = [], 0
+    if buf:
+        yield b"".join(buf)
+
+
+def decode_page(data: bytes) -> Iterator[Entry]:
+    for line in data.splitlines():
+        try:
+            d = json.loads(line)
+        except ValueError:
+            raise IntegrityError("manifest page line is not JSON") from None
+        yield Entry.from_json(d)

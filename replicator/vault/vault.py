@@ -1,0 +1,198 @@
+"""The vault: a store plus the keys, speaking in chunks and snapshots.
+
+Everything written is new: content-addressed blobs and sequence-numbered
+snapshot roots, all with create-only puts that are checked (size read back)
+before anyone records them. Nothing here ever overwrites or deletes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from datetime import datetime, timezone
+from typing import Iterator
+
+from replicator.errors import AlreadyExists, IntegrityError, NotFound, StoreError, VaultError, WrongKey
+from replicator.stores import Store
+from replicator.vault import crypto, keys
+from replicator.vault.crypto import Random
+from replicator.vault.format import (CHUNK_SIZE, CONFIG_NAME, FORMAT_NAME, FORMAT_VERSION, ChunkRef,
+                                     data_name, decode_record, encode_record, frame, key_name,
+                                     parse_snapshot_name, snapshot_name, unframe)
+from replicator.vault.keys import Keyring, MasterKey
+from replicator.vault.manifest import SnapshotRoot
+
+
+class Vault:
+    def __init__(self, store: Store, master: MasterKey, keyring: Keyring, config: dict, rng: Random = os.urandom):
+        self.store, self.master, self.keyring, self.config, self.rng = store, master, keyring, config, rng
+        self.vault_id: str = config["vault_id"]
+        self.kek_id = crypto.hkdf(keyring.data_kek, b"replicator v1 kek-id", 8)
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    @staticmethod
+    def exists(store: Store) -> bool:
+        try:
+            store.stat(CONFIG_NAME)
+            return True
+        except NotFound:
+            return False
+
+    @classmethod
+    def create(cls, store: Store, master: MasterKey, rng: Random = os.urandom) -> "Vault":
+        """Write the root objects of a new vault; refuse if one is there already."""
+        if not store.exists():
+            store.create()
+        if cls.exists(store):
+            raise VaultError(f"a vault already exists at {store.url}; refusing to touch it")
+        config = {
+            "format": FORMAT_NAME, "version": FORMAT_VERSION, "vault_id": uuid.UUID(bytes=rng(16)).hex,
+            "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "cipher": "AES-256-GCM-STREAM", "segment_size": crypto.SEGMENT_SIZE, "key_wrap": "AES-KW",
+            "hash": "HMAC-SHA256", "compression": "zstd", "chunk_size": CHUNK_SIZE,
+            "padding": "4KiB-or-1/32", "master_key_ids": [master.key_id],
+        }
+        config_bytes = json.dumps(config, indent=1, sort_keys=True).encode()
+        keyring = keys.new_keyring(rng)
+        # Keyring first: a vault whose config exists is complete.
+        _put_checked(store, key_name(master.key_id), keys.wrap_keyring(keyring, master, config["vault_id"], config_bytes, rng))
+        try:
+            _put_checked(store, CONFIG_NAME, config_bytes)
+        except AlreadyExists:
+            raise VaultError(f"a vault already exists at {store.url}; refusing to touch it") from None
+        return cls(store, master, keyring, config, rng)
+
+    @classmethod
+    def open(cls, store: Store, master: MasterKey) -> "Vault":
+        try:
+            config_bytes = store.get(CONFIG_NAME)
+        except NotFound:
+            raise VaultError(f"no vault at {store.url} (run `replicator init` first)") from None
+        try:
+            config = json.loads(config_bytes)
+        except ValueError:
+            raise IntegrityError(f"{store.url}/config is not valid JSON") from None
+        if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
+            raise VaultError(f"{store.url} does not hold a replicator vault")
+        if config.get("version") != FORMAT_VERSION:
+            raise VaultError(f"vault format version {config.get('version')} is not supported by this replicator")
+        try:
+            wrapped = store.get(key_name(master.key_id))
+        except NotFound:
+            raise WrongKey(f"the key file does not open the vault at {store.url} (no keyring for key {master.key_id})") from None
+        keyring = keys.unwrap_keyring(wrapped, master, config["vault_id"], config_bytes)
+        return cls(store, master, keyring, config)
+
+    # -- names -------------------------------------------------------------------
+
+    def chunk_id(self, data: bytes) -> str:
+        return crypto.keyed_hash(self.keyring.id_key, b"chunk", data).hex()
+
+    def job_id(self, job_name: str) -> str:
+        return crypto.keyed_hash(self.keyring.id_key, b"job", job_name.encode()).hex()[:32]
+
+    # -- blobs ----------------------------------------------------------------------
+
+    def seal(self, payload: bytes) -> bytes:
+        return crypto.seal(frame(payload), self.keyring.data_kek, self.kek_id, self.rng)
+
+    def open_blob(self, blob: bytes, name: str) -> bytes:
+        try:
+            return unframe(crypto.open_blob(blob, self.keyring.data_kek))
+        except IntegrityError as e:
+            raise IntegrityError(f"{name}: {e}") from None
+
+    def write_chunk(self, data: bytes, compress: bool = True, cid: str | None = None) -> ChunkRef:
+        """Store one chunk (deduplicated by its keyed hash) and return its reference."""
+        cid = cid or self.chunk_id(data)
+        record = encode_record(data, compress)
+        blob = self.seal(record)
+        name = data_name(cid)
+        try:
+            size = _put_checked(self.store, name, blob)
+        except AlreadyExists:
+            size = self.store.stat(name)  # same content, written before (or by a retried put)
+        return ChunkRef(cid, size, 0, len(record), len(data), cid)
+
+    def read_chunk(self, ref: ChunkRef) -> bytes:
+        name = data_name(ref.blob)
+        blob = self.store.get(name)
+        if len(blob) != ref.blob_size:
+            raise IntegrityError(f"{name}: stored size {len(blob)} differs from the recorded {ref.blob_size}")
+        payload = self.open_blob(blob, name)
+        record = payload[ref.offset:ref.offset + ref.length]
+        if len(record) != ref.length:
+            raise IntegrityError(f"{name}: record at {ref.offset} runs past the blob")
+        try:
+            data = decode_record(record, ref.size)
+        except IntegrityError as e:
+            raise IntegrityError(f"{name}: {e}") from None
+        if self.chunk_id(data) != ref.id:
+            raise IntegrityError(f"{name}: content does not match its hash")
+        return data
+
+    # -- snapshots --------------------------------------------------------------
+
+    def write_snapshot(self, job_id: str, root: SnapshotRoot) -> str:
+        """Write a snapshot root; returns the sha256 of its stored bytes (the next one's `prev`)."""
+        blob = self.seal(encode_record(root.to_json()))
+        name = snapshot_name(job_id, root.seq)
+        try:
+            _put_checked(self.store, name, blob)
+        except AlreadyExists:
+            raise VaultError(f"snapshot {root.seq} of job {root.job!r} already exists: another replicator writes to this vault") from None
+        return hashlib.sha256(blob).hexdigest()
+
+    def read_snapshot(self, job_id: str, seq: int) -> tuple[SnapshotRoot, str]:
+        """(root, sha256 of its stored bytes); IntegrityError if it is not authentic."""
+        name = snapshot_name(job_id, seq)
+        blob = self.store.get(name)
+        payload = self.open_blob(blob, name)
+        try:
+            root = SnapshotRoot.from_json(decode_record(payload, _plain_size(payload)))
+        except IntegrityError as e:
+            raise IntegrityError(f"{name}: {e}") from None
+        if root.seq != seq or self.job_id(root.job) != job_id:
+            raise IntegrityError(f"{name}: holds snapshot {root.seq} of another job or position (moved or replaced)")
+        return root, hashlib.sha256(blob).hexdigest()
+
+    def snapshot_seqs(self) -> dict[str, list[int]]:
+        """job id -> sorted snapshot sequence numbers present in the vault."""
+        out: dict[str, list[int]] = {}
+        for name, _ in self.store.list("snapshots/"):
+            parsed = parse_snapshot_name(name)
+            if parsed:
+                out.setdefault(parsed[0], []).append(parsed[1])
+        return {j: sorted(s) for j, s in out.items()}
+
+    def blobs(self) -> Iterator[tuple[str, int]]:
+        """(blob id, stored size) of every blob in data/."""
+        for name, size in self.store.list("data/"):
+            yield name.rsplit("/", 1)[-1], size
+
+
+def _plain_size(record: bytes) -> int:
+    """Size of a manifest root's JSON, bounded so a forged record cannot make us allocate much."""
+    if record[:1] == b"\x00":
+        return len(record) - 1
+    import zstandard
+
+    try:
+        size = zstandard.frame_content_size(record[1:])
+    except zstandard.ZstdError:
+        raise IntegrityError("manifest record is not zstd") from None
+    if size < 0 or size > 256 * 2**20:
+        raise IntegrityError("manifest record has no plausible size")
+    return size
+
+
+def _put_checked(store: Store, name: str, data: bytes) -> int:
+    """Create-only put, then read the size back: a write counts only once it is verifiably there."""
+    store.put(name, data)
+    size = store.stat(name)
+    if size != len(data):
+        raise StoreError(f"{name}: wrote {len(data)} bytes but the store holds {size}")
+    return size
