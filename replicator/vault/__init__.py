@@ -1,0 +1,1 @@
+"""The vault: format (pure), crypto, keys, manifests, and the Vault that joins them to a store."""
