@@ -78,6 +78,8 @@ def parse(text: str, base_dir: Path, path: Path | None = None) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError("", f"not valid TOML: {e}") from None
+    except RecursionError:
+        raise ConfigError("", "not valid TOML: nested too deeply") from None
     r = _Reader(data, "")
     vault = _vault(r.table("vault", required=True), base_dir)
     state = r.table("state")
@@ -85,7 +87,7 @@ def parse(text: str, base_dir: Path, path: Path | None = None) -> Config:
     state.done()
     metrics = r.table("metrics")
     listen = metrics.string("listen", default=None)
-    if listen is not None and not re.match(r"^[^\s:]*:\d{1,5}$", listen):
+    if listen is not None and not (re.fullmatch(r"[^\s:]*:\d{1,5}", listen) and int(listen.rsplit(":", 1)[1]) <= 65535):
         raise ConfigError("metrics.listen", f"expected HOST:PORT, got {listen!r}")
     metrics.done()
     jobs = tuple(_job(j) for j in r.array_of_tables("jobs"))
@@ -110,7 +112,7 @@ def _vault(t: "_Reader", base_dir: Path) -> VaultConfig:
 
 def _job(t: "_Reader") -> JobConfig:
     name = t.string("name", required=True)
-    if not _JOB_NAME.match(name):
+    if not _JOB_NAME.fullmatch(name):  # fullmatch: `$` alone would let "name\n" through
         raise ConfigError(t.key("name"), f"{name!r} is not a valid job name (letters, digits, . _ -; at most 64)")
     kind = t.string("kind", default="objects")
     if kind not in KINDS:
@@ -172,7 +174,9 @@ class _Reader:
         return _Reader({} if v is None else v, self.key(name))
 
     def array_of_tables(self, name: str) -> list["_Reader"]:
-        v = self._get(name, False) or []
+        v = self._get(name, False)
+        if v is None:
+            v = []
         if not isinstance(v, list):
             raise ConfigError(self.key(name), "expected an array of tables ([[jobs]])")
         return [_Reader(item, f"{self.key(name)}[{i}]") for i, item in enumerate(v)]
@@ -186,7 +190,10 @@ class _Reader:
         return v
 
     def path(self, name: str, base_dir: Path, default: str) -> Path:
-        p = Path(self.string(name, default=default)).expanduser()
+        try:
+            p = Path(self.string(name, default=default)).expanduser()
+        except RuntimeError as e:  # ~nosuchuser
+            raise ConfigError(self.key(name), str(e)) from None
         return p if p.is_absolute() else base_dir / p
 
     def globs(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -247,6 +254,8 @@ def resolve_secrets(options: dict[str, Any], path: str) -> dict[str, Any]:
                 return value
             except OSError as e:
                 raise SecretError(p, f"cannot read secret file {v[5:]}: {e.strerror}") from None
+            except UnicodeDecodeError:
+                raise SecretError(p, f"secret file {v[5:]} is not UTF-8 text") from None
         if v.startswith("raw:"):
             return v[4:]
         return v

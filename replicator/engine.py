@@ -23,14 +23,14 @@ from replicator.config import JobConfig
 from replicator.errors import IntegrityError, SourceChanged, SourceError
 from replicator.history import History
 from replicator.sources.base import Source, SourceItem
-from replicator.units import format_time
+from replicator.units import format_time_precise
 from replicator.vault.format import CHUNK_SIZE, PAGE_SIZE, ChunkRef
 from replicator.vault.manifest import SnapshotRoot, encode_pages
 from replicator.vault.vault import Vault
 
 log = logging.getLogger("replicator.engine")
 
-CHECKPOINT_EVERY = 200  # at most this many deltas between full checkpoints
+CHECKPOINT_EVERY = 200  # a checkpoint and at most 199 deltas after it
 LIST_BATCH = 2000
 
 
@@ -90,7 +90,7 @@ def sync_job(vault: Vault, cat: Catalogue, job: str) -> None:
             if root.checkpoint:
                 cat.reset_job(job)
             n = cat.apply(job, history.entries(root))
-            cat.record_snapshot(job, seq, digest, root.started, root.finished, root.checkpoint, n)
+            cat.record_snapshot(job, seq, digest, root.started, root.finished, root.checkpoint, 0 if root.checkpoint else n)
             prev = digest
     log.info("job %s: catalogue synced with the vault up to snapshot %d", job, seqs[-1])
 
@@ -100,7 +100,7 @@ def run_job(vault: Vault, cat: Catalogue, job: JobConfig, source: Source, *, dry
     stats = RunStats(job=job.name, dry_run=dry_run)
     t0 = time.monotonic()
     started = datetime.now(timezone.utc)
-    stats.started = format_time(started)
+    stats.started = format_time_precise(started)
     sync_job(vault, cat, job.name)
 
     cat.start_listing(job.name)
@@ -224,12 +224,12 @@ def _write_snapshot(vault: Vault, cat: Catalogue, job: JobConfig, started: datet
         cat.apply(job.name, cat.delta())
         pages = [vault.write_chunk(p) for p in encode_pages(cat.entries(job.name), PAGE_SIZE)] if checkpoint else delta_pages
         root = SnapshotRoot(
-            job=job.name, kind=job.kind, seq=seq, prev=head[1] if head else None, started=format_time(started),
-            finished=format_time(datetime.now(timezone.utc)), checkpoint=checkpoint, pages=tuple(pages),
+            job=job.name, kind=job.kind, seq=seq, prev=head[1] if head else None, started=format_time_precise(started),
+            finished=format_time_precise(datetime.now(timezone.utc)), checkpoint=checkpoint, pages=tuple(pages),
             stats={"listed": stats.listed, "changed": changed, "tombstones": stats.tombstones,
                    "live": cat.live_count(job.name), "copied_bytes": stats.copied_bytes})
         digest = vault.write_snapshot(vault.job_id(job.name), root)
-        cat.record_snapshot(job.name, seq, digest, root.started, root.finished, checkpoint, n_delta)
+        cat.record_snapshot(job.name, seq, digest, root.started, root.finished, checkpoint, 0 if checkpoint else n_delta)
         cat.finish_run(job.name)
     stats.seq = seq
     log.info("job %s: snapshot %d written (%d changed, %d tombstones, %s)", job.name, seq, changed,

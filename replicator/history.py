@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
-from replicator.errors import IntegrityError, NotFound, ReplicatorError
+from replicator.errors import IntegrityError, NotFound, ReplicatorError, UsageError
 from replicator.units import parse_time
 from replicator.vault.manifest import Entry, SnapshotRoot, decode_page
 from replicator.vault.vault import Vault
@@ -49,7 +49,12 @@ class History:
             raise ReplicatorError("the vault holds no snapshot of this job")
         if at is None:
             return self.root(self.seqs[-1])[0]
-        t = parse_time(at)
+        try:
+            t = parse_time(at)
+        except ValueError as e:
+            raise UsageError(f"--at: {e}") from None
+        if "." not in at and ":" in at:
+            t = t.replace(microsecond=999999)  # `--at 10:51:38` includes a snapshot begun at 10:51:38.7
         best = None
         for r in self.roots():
             if parse_time(r.started) <= t:

@@ -14,26 +14,40 @@ def parse_duration(text: str) -> timedelta:
     m = _DURATION.match(text)
     if not m:
         raise ValueError(f"expected a number and one of s m h d w (like 15m), got {text!r}")
-    return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+    try:
+        return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+    except OverflowError:
+        raise ValueError(f"duration {text.strip()!r} is too long") from None
 
 
 def parse_time(text: str, now: datetime | None = None) -> datetime:
     """ISO 8601 or a relative form meaning 'that long ago' -> aware UTC datetime."""
     now = now or datetime.now(timezone.utc)
     if _DURATION.match(text):
-        return now - parse_duration(text)
+        try:
+            return now - parse_duration(text)
+        except OverflowError:
+            raise ValueError(f"{text.strip()!r} ago is before year 1") from None
     try:
         t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         raise ValueError(f"expected ISO 8601 (2026-11-29T10:00:00Z) or an age like 90m or 3d, got {text!r}") from None
     if t.tzinfo is None:
         t = t.replace(tzinfo=timezone.utc)
-    return t.astimezone(timezone.utc)
+    try:
+        return t.astimezone(timezone.utc)
+    except OverflowError:  # 0001-01-01T00:00+01:00
+        raise ValueError(f"time {text!r} is out of range") from None
 
 
 def format_time(t: datetime) -> str:
     """UTC, second precision, with a Z: the one way times are shown."""
     return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def format_time_precise(t: datetime) -> str:
+    """UTC with microseconds: snapshot times, so that `--at <a snapshot's time>` selects exactly it."""
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def glob_to_regex(pattern: str) -> re.Pattern:
@@ -65,7 +79,10 @@ def glob_to_regex(pattern: str) -> re.Pattern:
         else:
             out.append(re.escape(c))
             i += 1
-    return re.compile("".join(out) + r"\Z", re.DOTALL)
+    try:
+        return re.compile("".join(out) + r"\Z", re.DOTALL)
+    except re.error as e:  # a bad class: [z-a], []
+        raise ValueError(f"bad pattern {pattern!r}: {e.msg}") from None
 
 
 class KeyFilter:

@@ -58,8 +58,16 @@ def verify(vault: Vault, catalogue: Catalogue | None, configured_jobs: list[str]
             for name in configured_jobs:
                 head = catalogue.head(name)
                 have = seqs_by_job.get(vault.job_id(name), [])
-                if head and (not have or have[-1] < head[0]) and only_job in (None, name):
+                if not head or only_job not in (None, name):
+                    continue
+                if not have or have[-1] < head[0]:
                     report.problems.append(f"job {name!r}: snapshot {head[0]} recorded by this host is missing from the vault (deleted or rolled back)")
+                elif head[0] in have:
+                    try:
+                        if History(vault, vault.job_id(name), have).root(head[0])[1] != head[1]:
+                            report.problems.append(f"job {name!r}: snapshot {head[0]} differs from the one this host recorded (replaced)")
+                    except ReplicatorError:
+                        pass  # already reported by the chain check
         _check_blobs(vault, refs, report, deep, sample, workers, only_job is None)
         refs.close()
     return report
@@ -86,8 +94,8 @@ def _check_chain(vault: Vault, jid: str, seqs: list[int], only_job: str | None, 
             return
         if seq > 0 and prev_digest is not None and root.prev != prev_digest:
             report.problems.append(f"{label}: snapshot {seq} does not chain to snapshot {seq - 1} (replaced or reordered)")
-        if seq == 0 and root.prev is not None:
-            report.problems.append(f"{label}: snapshot 0 names a predecessor (history before it was removed)")
+        if seq == 0 and (root.prev is not None or not root.checkpoint):
+            report.problems.append(f"{label}: snapshot 0 is not the start of a history (history before it was removed)")
         prev_digest = digest
         report.jobs[root.job] = report.jobs.get(root.job, 0) + 1
         for page in root.pages:

@@ -27,7 +27,7 @@ def run(args, ctx) -> int:
                          "kind": "checkpoint" if r.checkpoint else "delta", **r.stats})
     lines = [f"{'JOB':<20} {'SNAP':>5} {'TIME':<21} {'LIVE':>8} {'CHANGED':>8} {'GONE':>6} {'COPIED':>10}"]
     for r in rows:
-        lines.append(f"{r['job']:<20} {r['seq']:>5} {r['time']:<21} {r.get('live', 0):>8} {r.get('changed', 0):>8} "
+        lines.append(f"{r['job']:<20} {r['seq']:>5} {r['time'][:19] + 'Z':<21} {r.get('live', 0):>8} {r.get('changed', 0):>8} "
                      f"{r.get('tombstones', 0):>6} {human_bytes(r.get('copied_bytes', 0)):>10}")
     if not rows:
         lines = ["no snapshots" + (f" of job {args.job!r}" if args.job else "")]

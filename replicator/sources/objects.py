@@ -34,9 +34,7 @@ class ObjectSource:
 
     def check(self) -> None:
         with _errors(self.url):
-            if not self.fs.exists(self.root):
-                raise SourceError(f"{self.url}: not found")
-            next(iter(self._raw_list()), None)
+            next(iter(self._raw_list()), None)  # a real request: fs.exists() hides connection errors
 
     def list(self) -> Iterator[SourceItem]:
         with _errors(self.url):

@@ -77,16 +77,19 @@ class FsspecStore:
                 raise FileExistsError(path) from None
             raise e
 
+    # Names are checked outside `_errors`: a bad name is the caller's ValueError, not a StoreError.
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        path = self._path(name)
         with self._errors(name):
             end = None if length is None else offset + length
             if offset == 0 and end is None:
-                return self.fs.cat_file(self._path(name))
-            return self.fs.cat_file(self._path(name), start=offset, end=end)
+                return self.fs.cat_file(path)
+            return self.fs.cat_file(path, start=offset, end=end)
 
     def stat(self, name: str) -> int:
+        path = self._path(name)
         with self._errors(name):
-            info = self.fs.info(self._path(name))
+            info = self.fs.info(path)
             if info.get("type") == "directory":
                 raise FileNotFoundError(name)
             return int(info["size"])
@@ -105,8 +108,9 @@ class FsspecStore:
                 yield name, int(info["size"])
 
     def delete(self, name: str) -> None:
+        path = self._path(name)
         with self._errors(name):
-            self.fs.rm_file(self._path(name))
+            self.fs.rm_file(path)
 
     def exists(self) -> bool:
         with self._errors("/"):

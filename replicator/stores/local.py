@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat as statmod
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -58,9 +59,12 @@ class LocalStore:
 
     def stat(self, name: str) -> int:
         try:
-            return os.stat(self._path(name)).st_size
+            st = os.stat(self._path(name))
         except OSError as e:
             raise _error(e, name, self.url) from None
+        if not statmod.S_ISREG(st.st_mode):  # a directory is a name prefix, not an object
+            raise NotFound(f"{name} not found in {self.url}")
+        return st.st_size
 
     def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
         # Walk only the directory the prefix points into.
@@ -105,7 +109,8 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _error(e: OSError, name: str, url: str) -> StoreError:
-    if isinstance(e, FileNotFoundError):
+    # A directory, or a path through a file, is no object in the flat namespace either.
+    if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
         return NotFound(f"{name} not found in {url}")
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return StoreError(f"no space left on {url} while writing {name}")

@@ -57,7 +57,7 @@ def parse_snapshot_name(name: str) -> tuple[str, int] | None:
 def padded_length(n: int) -> int:
     """Pad to 4 KiB, or to 1/32 of the next power of two for large sizes: the provider
     learns sizes only to within a few KiB (small) or about 3% (large)."""
-    step = max(4096, (1 << max(0, (n - 1).bit_length())) // 32)
+    step = max(4096, (1 << max(0, n.bit_length() - 1)) // 32)  # 1/32 of the largest power of two <= n
     return -(-n // step) * step
 
 
@@ -97,6 +97,9 @@ def decode_record(record: bytes, expected_size: int) -> bytes:
         if expected_size > _MAX_RECORD:
             raise IntegrityError("record claims an implausible size")
         try:
+            # A frame header may declare its size; decompress() would allocate whatever it says.
+            if zstandard.frame_content_size(body) not in (-1, expected_size):
+                raise IntegrityError(f"record declares a size other than the expected {expected_size}")
             data = zstandard.ZstdDecompressor().decompress(body, max_output_size=expected_size)
         except zstandard.ZstdError as e:
             raise IntegrityError(f"record does not decompress: {e}") from None
@@ -124,7 +127,7 @@ class ChunkRef:
     @classmethod
     def from_json(cls, v: list) -> "ChunkRef":
         if not (isinstance(v, list) and len(v) == 6 and all(isinstance(x, str) for x in (v[0], v[5]))
-                and all(isinstance(x, int) and x >= 0 for x in v[1:5])
+                and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v[1:5])
                 and _HEX64.fullmatch(v[0]) and _HEX64.fullmatch(v[5])):
             raise IntegrityError(f"malformed chunk reference {str(v)[:80]}")
         return cls(*v)

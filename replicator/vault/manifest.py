@@ -50,7 +50,7 @@ class Entry:
         if d.get("d") == 1:
             return cls(key=d["k"], size=0, deleted=True)
         size, chunks = d.get("s"), d.get("c")
-        if not isinstance(size, int) or size < 0 or not isinstance(chunks, list):
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0 or not isinstance(chunks, list):
             raise IntegrityError(f"malformed manifest entry for a key of {len(d['k'])} characters")
         refs = tuple(ChunkRef.from_json(c) for c in chunks)
         if sum(r.size for r in refs) != size:
@@ -95,10 +95,12 @@ class SnapshotRoot:
             root = cls(job=d["job"], kind=d["kind"], seq=d["seq"], prev=d["prev"], started=d["started"],
                        finished=d["finished"], checkpoint=d["checkpoint"],
                        pages=tuple(ChunkRef.from_json(p) for p in d["pages"]), stats=d.get("stats") or {})
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             raise IntegrityError("malformed snapshot manifest") from None
-        if not (isinstance(root.seq, int) and root.seq >= 0 and isinstance(root.job, str)
-                and isinstance(root.checkpoint, bool) and (root.prev is None or isinstance(root.prev, str))):
+        if not (isinstance(root.seq, int) and not isinstance(root.seq, bool) and root.seq >= 0
+                and all(isinstance(x, str) for x in (root.job, root.kind, root.started, root.finished))
+                and isinstance(root.checkpoint, bool) and (root.prev is None or isinstance(root.prev, str))
+                and isinstance(root.stats, dict)):
             raise IntegrityError("malformed snapshot manifest fields")
         return root
 
@@ -122,6 +124,6 @@ def decode_page(data: bytes) -> Iterator[Entry]:
     for line in data.splitlines():
         try:
             d = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise IntegrityError("manifest page line is not JSON") from None
         yield Entry.from_json(d)

@@ -77,6 +77,8 @@ class Vault:
             raise IntegrityError(f"{store.url}/config is not valid JSON") from None
         if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
             raise VaultError(f"{store.url} does not hold a replicator vault")
+        if not isinstance(config.get("vault_id"), str):
+            raise IntegrityError(f"{store.url}/config has no vault id (altered)")
         if config.get("version") != FORMAT_VERSION:
             raise VaultError(f"vault format version {config.get('version')} is not supported by this replicator")
         try:
@@ -101,6 +103,8 @@ class Vault:
 
     def open_blob(self, blob: bytes, name: str) -> bytes:
         try:
+            if crypto.parse_header(blob).key_id != self.kek_id:
+                raise IntegrityError("blob is sealed under a key this keyring does not hold")
             return unframe(crypto.open_blob(blob, self.keyring.data_kek))
         except IntegrityError as e:
             raise IntegrityError(f"{name}: {e}") from None
@@ -169,9 +173,11 @@ class Vault:
         return {j: sorted(s) for j, s in out.items()}
 
     def blobs(self) -> Iterator[tuple[str, int]]:
-        """(blob id, stored size) of every blob in data/."""
+        """(blob id, stored size) of every blob in data/, where its name says it is."""
         for name, size in self.store.list("data/"):
-            yield name.rsplit("/", 1)[-1], size
+            blob_id = name.rsplit("/", 1)[-1]
+            if name == data_name(blob_id):
+                yield blob_id, size
 
 
 def _plain_size(record: bytes) -> int:
