@@ -11,6 +11,7 @@ from replicator.errors import StoreError
 from replicator.redact import redact
 
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+PART_SIZE = 8 * 2**20
 
 
 class Unrepresentable(Exception):
@@ -74,7 +75,8 @@ class FsspecTarget:
         if not key or key.endswith("/") or "//" in key:
             raise Unrepresentable(f"key {key!r} cannot be written to {self.url}")
         try:
-            with self.fs.open(f"{self.root}/{key}", "wb") as f:
+            # Parts of 8 MiB: memory per restoring worker stays small whatever the object size.
+            with self.fs.open(f"{self.root}/{key}", "wb", block_size=PART_SIZE) as f:
                 for c in chunks:
                     f.write(c)
         except Exception as e:

@@ -72,9 +72,10 @@ def glob_to_regex(pattern: str) -> re.Pattern:
             if j < 0:
                 raise ValueError(f"unclosed '[' in pattern {pattern!r}")
             body = pattern[i + 1 : j]
-            if body.startswith("!"):
-                body = "^" + body[1:]
-            out.append("[" + body.replace("\\", "\\\\") + "]")
+            neg = body[:1] in ("!", "^")
+            # every member literal but `-` (ranges): `[`, `&&`, `~~`, `||` would be regex set syntax
+            members = "".join(c if c == "-" else re.escape(c) for c in body[neg:])
+            out.append("[" + ("^" if neg else "") + members + "]")
             i = j + 1
         else:
             out.append(re.escape(c))

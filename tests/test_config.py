@@ -352,6 +352,10 @@ def test_parse_duration():
     ("(x)+", ["(x)+"], ["x", "xx"]),
     ("back\\slash", ["back\\slash"], ["backslash"]),
     ("line*", ["line\nbreak"], ["line/x"]),
+    ("[[]x", ["[x"], ["x", "[[]x"]),  # class members are literal: no nested sets
+    ("[&&|~]", ["&", "|", "~"], ["a"]),
+    ("[a-c]", ["a", "b", "c"], ["d", "-"]),
+    ("[^a]", ["b"], ["a"]),
 ])
 def test_glob_to_regex(pattern, yes, no):
     r = glob_to_regex(pattern)
@@ -414,7 +418,7 @@ def toml_value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, float)):
-        return repr(v).replace("inf", "inf").replace("nan", "nan")
+        return repr(v)  # inf and -inf are TOML too
     if isinstance(v, str):
         return v[4:] if v.startswith("RAW:") else toml_str(v)
     if isinstance(v, list):

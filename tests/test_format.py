@@ -153,6 +153,14 @@ def test_zstd_frame_without_content_size_is_bounded_by_the_expected_size():
         decode_record(bytes([ENC_ZSTD]) + z, 999)
 
 
+def test_zstd_record_with_bytes_after_the_frame_is_rejected():
+    rec = encode_record(b"hello " * 100)
+    assert rec[0] == ENC_ZSTD
+    for extra in (b"\0", b"garbage", rec[1:]):  # trailing bytes, a second frame
+        with pytest.raises(IntegrityError):
+            decode_record(rec + extra, 600)
+
+
 def test_record_claiming_implausible_size_is_rejected():
     with pytest.raises(IntegrityError, match="implausible"):
         decode_record(encode_record(b"x" * 1000), 65 * 2**20)
@@ -387,6 +395,9 @@ def test_key_file_readable_by_others_is_refused(tmp_path, mode):
     "replicator-key-v1:" + base64.b64encode(bytes(31)).decode() + "\n",
     "replicator-key-v1:" + base64.b64encode(bytes(33)).decode() + "\n",
     "# replicator-key-v1:" + base64.b64encode(bytes(32)).decode() + "\n",
+    # only the first key line counts (docs/FORMAT.md §3), even if a later one is good
+    "replicator-key-v1:" + base64.b64encode(bytes(16)).decode() + "\nreplicator-key-v1:"
+    + base64.b64encode(bytes(32)).decode() + "\n",
 ])
 def test_non_key_files_are_refused(tmp_path, text):
     path = tmp_path / "not.key"
@@ -452,6 +463,19 @@ def test_keyring_altered_config_is_integrity_error():
 def test_keyring_malformed_object(obj):
     with pytest.raises((IntegrityError, WrongKey)):
         keys.unwrap_keyring(obj, keys.MasterKey(bytes(32)), "v", CONFIG)
+
+
+@pytest.mark.parametrize("version", [2, 0, "1", True, 1.0, None])
+def test_keyring_other_version_is_refused(version):
+    master, keyring = keys.MasterKey(os.urandom(32)), keys.new_keyring()
+    d = json.loads(keys.wrap_keyring(keyring, master, "v", CONFIG))
+    assert d["version"] == 1
+    d["version"] = version
+    with pytest.raises(WrongKey, match="version"):
+        keys.unwrap_keyring(json.dumps(d).encode(), master, "v", CONFIG)
+    del d["version"]
+    with pytest.raises(IntegrityError):
+        keys.unwrap_keyring(json.dumps(d).encode(), master, "v", CONFIG)
 
 
 def test_keyring_tampered_ciphertext():

@@ -100,7 +100,8 @@ def decode_record(record: bytes, expected_size: int) -> bytes:
             # A frame header may declare its size; decompress() would allocate whatever it says.
             if zstandard.frame_content_size(body) not in (-1, expected_size):
                 raise IntegrityError(f"record declares a size other than the expected {expected_size}")
-            data = zstandard.ZstdDecompressor().decompress(body, max_output_size=expected_size)
+            data = zstandard.ZstdDecompressor().decompress(body, max_output_size=expected_size,
+                                                           allow_extra_data=False)  # exactly one frame
         except zstandard.ZstdError as e:
             raise IntegrityError(f"record does not decompress: {e}") from None
     else:

@@ -82,13 +82,14 @@ def load_key_file(path: Path) -> MasterKey:
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise VaultError(f"key file {path} is accessible by others (mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}")
     for line in text.splitlines():
-        if line.startswith(KEY_FILE_PREFIX):
+        if line.startswith(KEY_FILE_PREFIX):  # the first such line, and only it (docs/FORMAT.md §3)
             try:
                 secret = base64.b64decode(line[len(KEY_FILE_PREFIX):].strip(), validate=True)
             except ValueError:
                 break
             if len(secret) == 32:
                 return MasterKey(secret)
+            break
     raise VaultError(f"{path} is not a replicator key file")
 
 
@@ -114,10 +115,13 @@ def wrap_keyring(keyring: Keyring, master: MasterKey, vault_id: str, config_byte
 def unwrap_keyring(data: bytes, master: MasterKey, vault_id: str, config_bytes: bytes) -> Keyring:
     try:
         outer = json.loads(data)
+        version = outer["version"]
         nonce = base64.b64decode(outer["nonce"])
         ct = base64.b64decode(outer["keyring"])
     except (ValueError, KeyError, TypeError):
         raise IntegrityError(f"keys/{master.key_id}: malformed keyring object") from None
+    if type(version) is not int or version != 1:
+        raise WrongKey(f"keys/{master.key_id}: keyring version {str(version)[:20]} is not supported by this replicator")
     try:
         inner = json.loads(AESGCM(master.wrapping_key()).decrypt(nonce, ct, _aad(vault_id, master.key_id)))
     except (InvalidTag, ValueError):
