@@ -1,0 +1,42 @@
+"""Prometheus metrics: what operators scrape and alert on. Names are a contract (alerts, dashboard).
+
+Everything here is numbers with a `job` label at most; no config, paths or secrets.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info, disable_created_metrics
+
+disable_created_metrics()  # no *_created series: they double the exposition and alert on nothing
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_J = ["job"]
+BUILD = Info("replicator_build", "Version of the running replicator", registry=REGISTRY)
+JOB_LAST_SUCCESS = Gauge("replicator_job_last_success_timestamp_seconds",
+                         "Unix time the job's last successful run finished (its snapshot is the last good copy)", _J, registry=REGISTRY)
+JOB_LAST_RUN = Gauge("replicator_job_last_run_timestamp_seconds", "Unix time the job's last run finished", _J, registry=REGISTRY)
+JOB_LAST_DURATION = Gauge("replicator_job_last_run_duration_seconds", "Duration of the job's last run", _J, registry=REGISTRY)
+JOB_LAST_RESULT = Gauge("replicator_job_last_run_success", "1 if the job's last run succeeded, else 0", _J, registry=REGISTRY)
+JOB_RUNS = Counter("replicator_job_runs_total", "Runs of the job by result (success, failure, skipped_overlap)",
+                   ["job", "result"], registry=REGISTRY)
+JOB_OBJECTS_COPIED = Counter("replicator_job_objects_copied_total", "Objects copied into the vault", _J, registry=REGISTRY)
+JOB_BYTES_COPIED = Counter("replicator_job_bytes_copied_total", "Bytes of source content copied into the vault", _J, registry=REGISTRY)
+JOB_OBJECTS_UNCHANGED = Counter("replicator_job_objects_unchanged_total", "Objects listed and found unchanged (skipped)", _J, registry=REGISTRY)
+JOB_TOMBSTONES = Counter("replicator_job_tombstones_total", "Objects recorded as gone from the source", _J, registry=REGISTRY)
+JOB_ERRORS = Counter("replicator_job_errors_total", "Errors by kind (source, vault, changed_during_read, other)",
+                     ["job", "kind"], registry=REGISTRY)
+JOB_PENDING = Gauge("replicator_job_objects_pending", "Objects listed but not yet copied in the current or last run", _J, registry=REGISTRY)
+JOB_SNAPSHOTS = Gauge("replicator_job_snapshots", "Snapshots of the job in the vault", _J, registry=REGISTRY)
+JOB_LIVE_OBJECTS = Gauge("replicator_job_live_objects", "Objects in the job's latest snapshot", _J, registry=REGISTRY)
+JOB_NEXT_RUN = Gauge("replicator_job_next_run_timestamp_seconds", "Unix time of the job's next scheduled run", _J, registry=REGISTRY)
+JOB_RUNNING = Gauge("replicator_job_running", "1 while a run of the job is in progress", _J, registry=REGISTRY)
+VAULT_BYTES = Gauge("replicator_vault_stored_bytes", "Bytes stored in the vault's data blobs (as of the last verify)", registry=REGISTRY)
+VAULT_BLOBS = Gauge("replicator_vault_blobs", "Data blobs in the vault (as of the last verify)", registry=REGISTRY)
+VERIFY_LAST = Gauge("replicator_verify_last_timestamp_seconds", "Unix time the last verify finished", registry=REGISTRY)
+VERIFY_LAST_RESULT = Gauge("replicator_verify_last_success", "1 if the last verify found no problem, else 0", registry=REGISTRY)
+VERIFY_PROBLEMS = Gauge("replicator_verify_problems", "Problems found by the last verify", registry=REGISTRY)
+VERIFY_COVERAGE = Gauge("replicator_verify_coverage_ratio", "Fraction of referenced blobs read by deep verify in the coverage window", registry=REGISTRY)
+VAULT_PROTECTED = Gauge("replicator_vault_protected", "1 if the immutability probe found the vault protected against our own credentials, 0 if not, absent if never probed", registry=REGISTRY)
+DAEMON_START = Gauge("replicator_daemon_start_timestamp_seconds", "Unix time the daemon started", registry=REGISTRY)
+CONFIG_RELOADS = Counter("replicator_config_reloads_total", "Config reloads by result (success, failure)", ["result"], registry=REGISTRY)
