@@ -51,7 +51,8 @@ class Catalogue:
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            # One connection per run; concurrent runs of different jobs wait for each other's commits.
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60)
             self.db.executescript(SCHEMA)
             self.db.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.Error as e:
@@ -198,6 +199,13 @@ class Catalogue:
                    copied: int, nbytes: int, tombstones: int) -> None:
         self.db.execute("INSERT INTO runs VALUES(?,?,?,?,?,?,?,?)",
                         (job, started, finished, int(ok), error, copied, nbytes, tombstones))
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES(?, ?)", (key, value))
+
+    def meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT v FROM meta WHERE k=?", (key,)).fetchone()
+        return row[0] if row else None
 
     def last_runs(self, job: str) -> dict:
         out = {}

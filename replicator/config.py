@@ -41,6 +41,7 @@ class JobConfig:
     include: tuple[str, ...] = ("**",)
     exclude: tuple[str, ...] = ()
     source_options: dict[str, Any] = field(default_factory=dict)
+    repositories: tuple[str, ...] = ()  # git jobs: repository URLs captured besides those under `source`
 
 
 @dataclass(frozen=True)
@@ -117,8 +118,11 @@ def _job(t: "_Reader") -> JobConfig:
     kind = t.string("kind", default="objects")
     if kind not in KINDS:
         raise ConfigError(t.key("kind"), f"must be one of {', '.join(KINDS)}, got {kind!r}")
-    source = t.string("source", required=True)
-    if not source:
+    repositories = t.strings("repositories")
+    if repositories and kind != "git":
+        raise ConfigError(t.key("repositories"), 'only a job with kind = "git" has repositories')
+    source = t.string("source", required=not repositories, default="")
+    if not source and not repositories:
         raise ConfigError(t.key("source"), "must not be empty")
     schedule = t.string("schedule", default="1h")
     try:
@@ -128,7 +132,7 @@ def _job(t: "_Reader") -> JobConfig:
     include = t.globs("include", default=("**",))
     exclude = t.globs("exclude", default=())
     job = JobConfig(name=name, source=source, kind=kind, schedule=schedule, include=include,
-                    exclude=exclude, source_options=t.options("source_options"))
+                    exclude=exclude, source_options=t.options("source_options"), repositories=repositories)
     t.done()
     return job
 
@@ -188,6 +192,18 @@ class _Reader:
         if not isinstance(v, str):
             raise ConfigError(self.key(name), f"expected a string, got {_kind(v)}")
         return v
+
+    def strings(self, name: str) -> tuple[str, ...]:
+        """An optional list of non-empty strings (default: empty)."""
+        v = self._get(name, False)
+        if v is None:
+            return ()
+        if not isinstance(v, list):
+            raise ConfigError(self.key(name), f"expected a list of strings, got {_kind(v)}")
+        for i, x in enumerate(v):
+            if not isinstance(x, str) or not x:
+                raise ConfigError(f"{self.key(name)}[{i}]", "expected a non-empty string")
+        return tuple(v)
 
     def path(self, name: str, base_dir: Path, default: str) -> Path:
         try:

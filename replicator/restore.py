@@ -26,6 +26,7 @@ class RestoreResult:
     skipped: list[str] = field(default_factory=list)  # keys the target cannot represent
     errors: list[str] = field(default_factory=list)
     dry_run: bool = False
+    kind: str = "objects"  # git/svn: `objects` counts repositories rebuilt
 
 
 def restore(vault: Vault, job: str, target, at: str | None, prefix: str, dry_run: bool = False,
@@ -34,6 +35,10 @@ def restore(vault: Vault, job: str, target, at: str | None, prefix: str, dry_run
     if not history.seqs:
         raise ReplicatorError(f"the vault holds no snapshot of job {job!r}")
     root = history.select(at)
+    if root.kind in ("git", "svn"):
+        from replicator.repos import restore_repositories
+
+        return restore_repositories(vault, history, root, target, prefix, dry_run, progress)
     result = RestoreResult(job=job, snapshot=root.seq, time=root.started, dry_run=dry_run)
     with history.state(root.seq) as state:
         if dry_run:

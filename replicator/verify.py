@@ -33,6 +33,7 @@ class VerifyReport:
     chunks_checked: int = 0
     unreferenced_blobs: int = 0
     unreferenced_bytes: int = 0
+    repositories_checked: int = 0  # git/svn repositories rebuilt by --deep
     deep: bool = False
 
     @property
@@ -70,6 +71,10 @@ def verify(vault: Vault, catalogue: Catalogue | None, configured_jobs: list[str]
                         pass  # already reported by the chain check
         _check_blobs(vault, refs, report, deep, sample, workers, only_job is None)
         refs.close()
+        if deep and (sample is None or sample >= 100):  # git/svn captures: rebuilt with the real tools
+            from replicator.repos import verify_repositories
+
+            verify_repositories(vault, seqs_by_job, only_job, report)
     return report
 
 

@@ -58,9 +58,21 @@ class Project:
         return p
 
     def popen(self, *args: str) -> subprocess.Popen:
+        """Start the CLI in the background; its output goes to files (a pipe nobody reads would block it)."""
         env = {**os.environ, **self.env}
-        return subprocess.Popen([sys.executable, "-m", "replicator", "--config", str(self.config), *args],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=self.dir)
+        n = len(list(self.dir.glob("popen-*.err")))
+        out = open(self.dir / f"popen-{n}.out", "w")
+        err = open(self.dir / f"popen-{n}.err", "w")
+        proc = subprocess.Popen([sys.executable, "-m", "replicator", "--config", str(self.config), *args],
+                                stdout=out, stderr=err, text=True, env=env, cwd=self.dir)
+        proc.stderr_path = self.dir / f"popen-{n}.err"
+        return proc
+
+    @staticmethod
+    def finish(proc: subprocess.Popen, timeout: float = 60) -> str:
+        """Wait for a background CLI; its stderr text."""
+        proc.wait(timeout=timeout)
+        return proc.stderr_path.read_text()
 
     def json(self, *args: str, check: int | None = 0):
         return json.loads(self.cli(*args, "--json", check=check).stdout)

@@ -10,7 +10,8 @@ from replicator.history import History
 
 def add_parser(sub) -> None:
     p = sub.add_parser("ls", help="list a job's objects at a point in time",
-                       description="List the objects of JOB as they were at TIME (default: latest snapshot).")
+                       description="List the objects of JOB as they were at TIME (default: latest snapshot); for a "
+                                   "git or svn job, its repositories with their refs or youngest revision.")
     p.add_argument("job", metavar="JOB")
     p.add_argument("--at", metavar="TIME", help="ISO 8601 or an age like 3d (default: latest)")
     p.add_argument("--prefix", metavar="P", default="", help="only keys starting with P")
@@ -22,6 +23,14 @@ def run(args, ctx) -> int:
     vault = ctx.open_vault()
     history = History.for_job(vault, args.job)
     root = history.select(args.at)
+    if root.kind in ("git", "svn"):  # repositories with their refs (git) or youngest revision (svn)
+        from replicator.repos import human_summary, iter_summaries
+
+        if not ctx.json:
+            ctx.say(f"{args.job}: snapshot {root.seq} of {root.started}")
+        for d in iter_summaries(vault, history, root, args.prefix):
+            sys.stdout.write((json.dumps(d, sort_keys=True) if ctx.json else human_summary(d)) + "\n")
+        return 0
     with history.state(root.seq) as state:
         if not ctx.json:
             ctx.say(f"{args.job}: snapshot {root.seq} of {root.started}")

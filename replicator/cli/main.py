@@ -7,12 +7,12 @@ import logging
 import sys
 
 from replicator import __version__
-from replicator.cli import check_config, init, ls, restore, run, snapshots, status, verify
+from replicator.cli import check_config, daemon, init, ls, restore, run, snapshots, status, verify
 from replicator.cli.context import Context
 from replicator.errors import EXIT_FATAL, ReplicatorError
 from replicator.redact import redact
 
-COMMANDS = [init, run, snapshots, ls, restore, verify, status, check_config]
+COMMANDS = [init, run, daemon, snapshots, ls, restore, verify, status, check_config]
 
 DESCRIPTION = """\
 Replicate buckets into an encrypted, append-only vault at another provider,
@@ -38,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="replicator", description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", metavar="PATH", help="config file (TOML)")
-    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
-                   help="log verbosity on stderr (default: warning)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   help="log verbosity on stderr (default: info for daemon, warning otherwise)")
     p.add_argument("--log-format", default="text", choices=["text", "json"], help="log line format")
     p.add_argument("--version", action="version", version=f"replicator {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help(sys.stderr)
         return EXIT_FATAL
-    _setup_logging(args.log_level, args.log_format)
+    _setup_logging(args.log_level or ("info" if args.command == "daemon" else "warning"), args.log_format)
     ctx = Context(args)
     try:
         return args.handler(args, ctx)
@@ -75,7 +75,8 @@ def _setup_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler], force=True)
-    for noisy in ("botocore", "aiobotocore", "s3fs", "gcsfs", "adlfs", "asyncssh", "azure", "urllib3", "fsspec"):
+    for noisy in ("botocore", "aiobotocore", "s3fs", "gcsfs", "adlfs", "asyncssh", "azure", "urllib3", "fsspec",
+                  "apscheduler"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, level.upper())))
 
 

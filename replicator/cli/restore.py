@@ -32,11 +32,12 @@ def run(args, ctx) -> int:
     target = None if args.dry_run else open_target(args.to, options)
     r = restore(vault, args.job, target, args.at, args.prefix, dry_run=args.dry_run)
     verb = "would restore" if r.dry_run else "restored"
-    human = (f"{args.job}: {verb} {r.objects} objects ({human_bytes(r.bytes)}) from snapshot {r.snapshot} "
+    noun = "objects" if r.kind == "objects" else f"{r.kind} repositories"  # git/svn: rebuilt repositories
+    human = (f"{args.job}: {verb} {r.objects} {noun} ({human_bytes(r.bytes)}) from snapshot {r.snapshot} "
              f"of {r.time} to {args.to}")
     if r.skipped:
         human += f"\n{len(r.skipped)} keys cannot be represented on the target:\n  " + "\n  ".join(r.skipped[:20])
     if r.errors:
-        human += f"\n{len(r.errors)} objects failed:\n  " + "\n  ".join(r.errors[:20])
+        human += f"\n{len(r.errors)} {noun} failed:\n  " + "\n  ".join(r.errors[:20])
     ctx.emit(r.__dict__, human)
     return EXIT_PROBLEMS if r.errors or r.skipped else EXIT_OK

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
 
-from replicator import config as configmod
 from replicator.cli.context import human_bytes
-from replicator.engine import RunStats, run_job
-from replicator.errors import EXIT_FATAL, EXIT_OK, EXIT_PROBLEMS, ReplicatorError, SourceError, VaultError
+from replicator.engine import RunStats
+from replicator.errors import EXIT_FATAL, EXIT_OK, EXIT_PROBLEMS, ReplicatorError
 from replicator.lock import StateLock
-from replicator.redact import redact
-from replicator.sources import open_source
-from replicator.units import format_time
-
-log = logging.getLogger("replicator.run")
+from replicator.runs import run_one
 
 
 def add_parser(sub) -> None:
@@ -35,58 +29,34 @@ def run(args, ctx) -> int:
     jobs = [cfg.job(n) for n in args.job] if args.job else list(cfg.jobs)
     if not jobs:
         raise ReplicatorError("the config has no [[jobs]]")
+    if args.workers < 1:
+        raise ReplicatorError("--workers must be at least 1")
     vault = ctx.open_vault()
-    results: list[dict] = []
-    fatal = 0
+    outcomes = []
     with StateLock(cfg.state_dir, "run"):
-        cat = ctx.catalogue()
-        cat.bind(vault.vault_id)
         for job in jobs:
             progress = _Progress(job.name) if sys.stderr.isatty() and not ctx.json else None
-            started = format_time_now()
             try:
-                opts = configmod.resolve_secrets(job.source_options, f"jobs[{cfg.jobs.index(job)}].source_options")
-                source = open_source(job, opts)
-                stats = run_job(vault, cat, job, source, dry_run=args.dry_run, workers=args.workers, progress=progress)
-            except (SourceError, VaultError) as e:
-                fatal += 1
-                _record_failure(cat, job.name, started, e)
-                results.append({"job": job.name, "ok": False, "error": redact(str(e))})
-                ctx.say(f"{job.name}: failed: {redact(str(e))}")
-                continue
-            except ReplicatorError as e:
-                _record_failure(cat, job.name, started, e)
-                raise
+                outcome = run_one(cfg, vault, job, dry_run=args.dry_run, workers=args.workers, progress=progress)
             finally:
                 if progress:
                     progress.done()
-            ok = not stats.errors
-            if not args.dry_run:
-                cat.record_run(job.name, stats.started, format_time_now(), ok, "; ".join(stats.errors)[:500] or None,
-                               stats.copied, stats.copied_bytes, stats.tombstones)
-            results.append({"ok": ok, **stats.as_dict()})
-            if not ctx.json:
-                print(_summary(stats))
-                for w in stats.warnings[:20]:
-                    ctx.say(f"{job.name}: warning: {w}")
-                for e in stats.errors[:20]:
-                    ctx.say(f"{job.name}: error: {e}")
-        cat.close()
+            outcomes.append(outcome)
+            if ctx.json:
+                continue
+            if outcome.stats is None:
+                ctx.say(f"{job.name}: failed: {outcome.error}")
+                continue
+            print(_summary(outcome.stats))
+            for w in outcome.stats.warnings[:20]:
+                ctx.say(f"{job.name}: warning: {w}")
+            for e in outcome.stats.errors[:20]:
+                ctx.say(f"{job.name}: error: {e}")
     if ctx.json:
-        ctx.emit({"jobs": results}, "")
-    if fatal == len(jobs):
+        ctx.emit({"jobs": [o.as_dict() for o in outcomes]}, "")
+    if all(o.stats is None for o in outcomes):
         return EXIT_FATAL
-    return EXIT_PROBLEMS if fatal or any(not r["ok"] for r in results) else EXIT_OK
-
-
-def _record_failure(cat, job: str, started: str, e: Exception) -> None:
-    cat.record_run(job, started, format_time_now(), False, redact(str(e))[:500], 0, 0, 0)
-
-
-def format_time_now() -> str:
-    from datetime import datetime, timezone
-
-    return format_time(datetime.now(timezone.utc))
+    return EXIT_OK if all(o.ok for o in outcomes) else EXIT_PROBLEMS
 
 
 def _summary(s: RunStats) -> str:

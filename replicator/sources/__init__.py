@@ -5,8 +5,9 @@ from __future__ import annotations
 from replicator.sources.base import SourceItem, Source  # noqa: F401
 
 
-def open_source(job, options: dict) -> "Source":
-    """The source for a job's `kind` (objects today; git and svn are added beside it)."""
+def open_source(job, options: dict, state_dir=None, catalogue=None) -> "Source":
+    """The source for a job's `kind`. `state_dir` is where a source may keep working state (mirrors).
+    git and svn sources read the job's head state from `catalogue` (else from the one in state_dir)."""
     from replicator.errors import ConfigError
     from replicator.units import KeyFilter
 
@@ -14,4 +15,10 @@ def open_source(job, options: dict) -> "Source":
         from replicator.sources.objects import ObjectSource
 
         return ObjectSource(job.source, options, KeyFilter(job.include, job.exclude))
+    if job.kind in ("git", "svn"):  # include/exclude select repositories by name
+        from replicator.sources.git import GitSource
+        from replicator.sources.svn import SvnSource
+
+        cls = GitSource if job.kind == "git" else SvnSource
+        return cls(job, options, state_dir, catalogue, KeyFilter(job.include, job.exclude))
     raise ConfigError(f"jobs[{job.name}].kind", f"kind {job.kind!r} is not supported yet")

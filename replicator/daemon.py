@@ -1,0 +1,250 @@
+"""`replicator daemon`: every job on its schedule, until SIGTERM.
+
+- APScheduler runs each job on a cron or interval trigger with jitter; one run of a job
+  at a time (an overlapping run is skipped and counted); a run that was due while the
+  daemon was down runs once at start.
+- SIGTERM/SIGINT: stop scheduling, let in-flight objects finish (what finished is
+  recorded as pending; the snapshot is written by the next run), exit 0.
+- SIGHUP: reload the config; a bad one is rejected and the old one keeps running.
+- systemd: READY=1 when scheduled, WATCHDOG=1 while the main loop is alive, STATUS= lines.
+- Metrics at http://[metrics].listen/metrics, and nothing else there.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from replicator import __version__, metrics, systemd
+from replicator.catalogue import Catalogue
+from replicator.config import Config, JobConfig
+from replicator.errors import ReplicatorError
+from replicator.lock import StateLock
+from replicator.redact import redact
+from replicator.runs import observe_catalogue, run_one
+from replicator.units import format_time, parse_duration
+from replicator.vault.vault import Vault
+
+log = logging.getLogger("replicator.daemon")
+MAX_JITTER = 60.0
+
+
+def trigger_for(schedule: str):
+    """A cron expression or an interval; jitter is a tenth of the period, at most a minute."""
+    if len(schedule.split()) == 5:
+        minute, hour, day, month, dow = schedule.split()
+        return CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=dow,
+                           timezone=timezone.utc, jitter=int(MAX_JITTER))
+    seconds = parse_duration(schedule).total_seconds()
+    return IntervalTrigger(seconds=seconds, jitter=min(seconds / 10, MAX_JITTER), timezone=timezone.utc)
+
+
+def overdue(schedule: str, last_success: datetime | None, now: datetime) -> bool:
+    """Whether a run was due while the daemon was not running."""
+    if last_success is None:
+        return True
+    if len(schedule.split()) == 5:
+        trig = CronTrigger.from_crontab(schedule, timezone=timezone.utc)
+        nxt = trig.get_next_fire_time(None, last_success)
+        return nxt is not None and nxt <= now
+    return now - last_success >= parse_duration(schedule)
+
+
+class Daemon:
+    def __init__(self, load_config, open_vault):
+        """load_config() -> Config and open_vault(Config) -> Vault; both raise ReplicatorError."""
+        self._load_config, self._open_vault = load_config, open_vault
+        self.config: Config = load_config()
+        self.vault: Vault = open_vault(self.config)
+        self.stop = threading.Event()
+        self._reload = threading.Event()
+        self._running: dict[str, str] = {}  # job -> what it is doing
+        self._lock = threading.Lock()
+        self.scheduler = BackgroundScheduler(timezone=timezone.utc, job_defaults={
+            "max_instances": 1, "coalesce": True, "misfire_grace_time": None})
+        self.scheduler.add_listener(self._skipped, EVENT_JOB_MAX_INSTANCES)
+        self.http: ThreadingHTTPServer | None = None
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def serve(self) -> int:
+        with StateLock(self.config.state_dir, "daemon"):
+            metrics.BUILD.info({"version": __version__})
+            metrics.DAEMON_START.set(time.time())
+            self._start_metrics()
+            for sig, handler in ((signal.SIGTERM, self._on_stop), (signal.SIGINT, self._on_stop),
+                                 (signal.SIGHUP, self._on_hup)):
+                signal.signal(sig, handler)
+            self._schedule(self.config, first=True)
+            self.scheduler.start()
+            systemd.notify("READY=1")
+            self._status()
+            log.info("daemon started: %d jobs scheduled", len(self.config.jobs))
+            self._loop()
+            systemd.notify("STOPPING=1")
+            systemd.notify("STATUS=stopping: letting in-flight objects finish")
+            log.info("stopping: waiting for running jobs to finish their in-flight objects")
+            self.scheduler.shutdown(wait=True)
+            if self.http:
+                self.http.shutdown()
+            log.info("daemon stopped")
+        return 0
+
+    def _loop(self) -> None:
+        interval = systemd.watchdog_interval()
+        beat = min(interval, 1.0) if interval else 1.0
+        last_ping = 0.0
+        while not self.stop.wait(beat):
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+            if interval and time.monotonic() - last_ping >= interval and self.scheduler.running:
+                systemd.notify("WATCHDOG=1")
+                last_ping = time.monotonic()
+            self._status()
+
+    def _on_stop(self, signum, frame) -> None:
+        self.stop.set()
+
+    def _on_hup(self, signum, frame) -> None:
+        self._reload.set()
+
+    # -- config and schedule -------------------------------------------------------
+
+    def reload(self) -> None:
+        try:
+            new = self._load_config()
+            if new.vault != self.config.vault:
+                vault = self._open_vault(new)
+            else:
+                vault = self.vault
+            if new.state_dir != self.config.state_dir:
+                raise ReplicatorError("state.dir cannot change while the daemon runs; restart it")
+        except ReplicatorError as e:
+            metrics.CONFIG_RELOADS.labels("failure").inc()
+            log.error("config reload rejected, the old config keeps running: %s", redact(str(e)))
+            return
+        with self._lock:
+            self.config, self.vault = new, vault
+        for job in list(self.scheduler.get_jobs()):
+            job.remove()
+        self._schedule(new, first=False)
+        metrics.CONFIG_RELOADS.labels("success").inc()
+        log.info("config reloaded: %d jobs scheduled", len(new.jobs))
+
+    def _schedule(self, cfg: Config, first: bool) -> None:
+        now = datetime.now(timezone.utc)
+        cat = Catalogue(cfg.state_dir / "catalogue.db")
+        try:
+            cat.bind(self.vault.vault_id)
+            for job in cfg.jobs:
+                observe_catalogue(cat, job.name)
+                last = cat.last_runs(job.name)["last_success"]
+                last_dt = datetime.strptime(last, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc) if last else None
+                kwargs = {}
+                if first and overdue(job.schedule, last_dt, now):
+                    kwargs["next_run_time"] = now + timedelta(seconds=1)  # missed while down: run once now
+                self.scheduler.add_job(self._run, trigger_for(job.schedule), args=[job.name], id=job.name,
+                                       name=job.name, replace_existing=True, **kwargs)
+        finally:
+            cat.close()
+
+    def _skipped(self, event) -> None:
+        metrics.JOB_RUNS.labels(event.job_id, "skipped_overlap").inc()
+        log.warning("job %s: a run is still going; this scheduled run is skipped", event.job_id)
+
+    # -- runs ---------------------------------------------------------------------
+
+    def _run(self, name: str) -> None:
+        if self.stop.is_set():
+            return
+        with self._lock:
+            cfg, vault = self.config, self.vault
+        try:
+            job: JobConfig = cfg.job(name)
+        except ReplicatorError:
+            return  # removed by a reload
+        self._running[name] = "running"
+        self._status()
+        try:
+            outcome = run_one(cfg, vault, job, stop=self.stop)
+            if outcome.stats is None:
+                log.error("job %s: run failed: %s", name, outcome.error)
+            elif not outcome.ok:
+                log.error("job %s: run finished with errors: %s", name, "; ".join(outcome.stats.errors[:5]))
+        except ReplicatorError as e:
+            log.error("job %s: run failed: %s", name, redact(str(e)))
+        except Exception:
+            log.exception("job %s: unexpected failure", name)
+        finally:
+            self._running.pop(name, None)
+            self._status()
+
+    def _status(self) -> None:
+        jobs = self.scheduler.get_jobs() if self.scheduler.running else []
+        nexts = []
+        cat = None
+        for j in jobs:
+            if j.next_run_time:
+                metrics.JOB_NEXT_RUN.labels(j.id).set(j.next_run_time.timestamp())
+                nexts.append((j.next_run_time, j.id))
+        if self._running:
+            text = "running " + ", ".join(sorted(self._running))
+        elif nexts:
+            t, jid = min(nexts)
+            text = f"idle; next: {jid} at {format_time(t)}"
+        else:
+            text = "idle"
+        systemd.notify(f"STATUS={text}")
+        try:  # `replicator status` (another process) reads the next run times from the catalogue
+            cat = Catalogue(self.config.state_dir / "catalogue.db")
+            for t, jid in nexts:
+                cat.set_meta(f"next_run:{jid}", format_time(t))
+        except ReplicatorError:
+            pass
+        finally:
+            if cat is not None:
+                cat.close()
+
+    # -- metrics endpoint ------------------------------------------------------------
+
+    def _start_metrics(self) -> None:
+        listen = self.config.metrics_listen
+        if not listen:
+            return
+        host, port = listen.rsplit(":", 1)
+        try:
+            self.http = ThreadingHTTPServer((host or "127.0.0.1", int(port)), _MetricsHandler)
+        except OSError as e:
+            raise ReplicatorError(f"metrics.listen: cannot listen on {listen}: {e.strerror}") from None
+        self.http.daemon_threads = True
+        threading.Thread(target=self.http.serve_forever, name="metrics", daemon=True).start()
+        log.info("metrics at http://%s/metrics", listen)
+
+
+class _MetricsHandler(BaseHTTPRequestHandler):
+    """/metrics only: no index, no config, no debug pages."""
+
+    def do_GET(self):
+        if self.path.split("?")[0] != "/metrics":
+            self.send_error(404)
+            return
+        body = generate_latest(metrics.REGISTRY)
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass

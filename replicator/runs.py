@@ -1,0 +1,117 @@
+"""One run of one job as the CLI and the daemon both do it: open the source, run the engine,
+record the outcome in the catalogue and the metrics. Failures are returned, not logged:
+the caller says them once, in its own way."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from replicator import config as configmod
+from replicator import metrics
+from replicator.catalogue import Catalogue
+from replicator.config import Config, JobConfig
+from replicator.engine import Progress, RunStats, run_job
+from replicator.errors import ReplicatorError, SourceError, StoreError, VaultError
+from replicator.redact import redact
+from replicator.sources import open_source
+from replicator.units import format_time
+from replicator.vault.vault import Vault
+
+log = logging.getLogger("replicator.runs")
+
+
+@dataclass
+class Outcome:
+    job: str
+    ok: bool
+    stats: RunStats | None = None
+    error: str | None = None  # why the run could not be done at all
+
+    def as_dict(self) -> dict:
+        d = {"job": self.job, "ok": self.ok}
+        if self.stats:
+            d.update(self.stats.as_dict())
+        if self.error:
+            d["error"] = self.error
+        return d
+
+
+def run_one(cfg: Config, vault: Vault, job: JobConfig, *, dry_run: bool = False, workers: int = 8,
+            progress: Progress | None = None, stop: threading.Event | None = None) -> Outcome:
+    """Run one job; expected failures become an Outcome, not an exception (except integrity ones)."""
+    cat = Catalogue(cfg.state_dir / "catalogue.db")
+    started = _now()
+    t0 = time.monotonic()
+    metrics.JOB_RUNNING.labels(job.name).set(1)
+    try:
+        cat.bind(vault.vault_id)
+        index = cfg.jobs.index(job)
+        opts = configmod.resolve_secrets(job.source_options, f"jobs[{index}].source_options")
+        source = open_source(job, opts, state_dir=cfg.state_dir)
+        stats = run_job(vault, cat, job, source, dry_run=dry_run, workers=workers, progress=progress, stop=stop)
+    except (SourceError, VaultError, StoreError) as e:
+        kind = "source" if isinstance(e, SourceError) else "vault"
+        return _failed(cat, job, started, t0, redact(str(e)), kind, dry_run)
+    except ReplicatorError as e:
+        _failed(cat, job, started, t0, redact(str(e)), "other", dry_run)
+        raise
+    finally:
+        metrics.JOB_RUNNING.labels(job.name).set(0)
+    ok = not stats.errors
+    if not dry_run:
+        cat.record_run(job.name, stats.started, _now(), ok, redact("; ".join(stats.errors))[:500] or None,
+                       stats.copied, stats.copied_bytes, stats.tombstones)
+        _observe(cat, job.name, stats, ok, time.monotonic() - t0)
+    cat.close()
+    log.info("job %s: run %s: %d listed, %d copied, %d tombstoned, %d warnings, %d errors", job.name,
+             "ok" if ok else "failed", stats.listed, stats.copied, stats.tombstones, len(stats.warnings), len(stats.errors))
+    return Outcome(job.name, ok, stats)
+
+
+def _failed(cat: Catalogue, job: JobConfig, started: str, t0: float, error: str, kind: str, dry_run: bool) -> Outcome:
+    if not dry_run:
+        cat.record_run(job.name, started, _now(), False, error[:500], 0, 0, 0)
+        metrics.JOB_ERRORS.labels(job.name, kind).inc()
+        metrics.JOB_RUNS.labels(job.name, "failure").inc()
+        metrics.JOB_LAST_RESULT.labels(job.name).set(0)
+        metrics.JOB_LAST_RUN.labels(job.name).set(time.time())
+        metrics.JOB_LAST_DURATION.labels(job.name).set(time.monotonic() - t0)
+    cat.close()
+    return Outcome(job.name, False, error=error)
+
+
+def _observe(cat: Catalogue, job: str, s: RunStats, ok: bool, seconds: float) -> None:
+    now = time.time()
+    metrics.JOB_RUNS.labels(job, "success" if ok else "failure").inc()
+    metrics.JOB_LAST_RESULT.labels(job).set(1 if ok else 0)
+    metrics.JOB_LAST_RUN.labels(job).set(now)
+    metrics.JOB_LAST_DURATION.labels(job).set(seconds)
+    if ok:
+        metrics.JOB_LAST_SUCCESS.labels(job).set(now)
+    metrics.JOB_OBJECTS_COPIED.labels(job).inc(s.copied)
+    metrics.JOB_BYTES_COPIED.labels(job).inc(s.copied_bytes)
+    metrics.JOB_OBJECTS_UNCHANGED.labels(job).inc(s.unchanged)
+    metrics.JOB_TOMBSTONES.labels(job).inc(s.tombstones)
+    metrics.JOB_ERRORS.labels(job, "changed_during_read").inc(len(s.warnings))
+    metrics.JOB_ERRORS.labels(job, "source").inc(len(s.errors))
+    metrics.JOB_PENDING.labels(job).set(max(s.to_copy - s.copied, 0))
+    observe_catalogue(cat, job)
+
+
+def observe_catalogue(cat: Catalogue, job: str) -> None:
+    """Metrics that the catalogue knows: snapshots, live objects, last success (also after a restart)."""
+    head = cat.head(job)
+    metrics.JOB_SNAPSHOTS.labels(job).set(0 if head is None else head[0] + 1)
+    metrics.JOB_LIVE_OBJECTS.labels(job).set(cat.live_count(job))
+    last = cat.last_runs(job)["last_success"]
+    if last:
+        metrics.JOB_LAST_SUCCESS.labels(job).set(datetime.strptime(last, "%Y-%m-%dT%H:%M:%SZ")
+                                                 .replace(tzinfo=timezone.utc).timestamp())
+
+
+def _now() -> str:
+    return format_time(datetime.now(timezone.utc))
