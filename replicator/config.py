@@ -30,6 +30,7 @@ class VaultConfig:
     url: str
     key_file: Path
     options: dict[str, Any] = field(default_factory=dict)
+    bandwidth: str | tuple[str, ...] | None = None  # "50MiB/s" or ("08:00-18:00 10MiB/s", "50MiB/s")
 
 
 @dataclass(frozen=True)
@@ -106,9 +107,24 @@ def _vault(t: "_Reader", base_dir: Path) -> VaultConfig:
     if not url:
         raise ConfigError(t.key("url"), "must not be empty")
     v = VaultConfig(url=url, key_file=t.path("key_file", base_dir, default="/etc/replicator/vault.key"),
-                    options=t.options("options"))
+                    options=t.options("options"), bandwidth=_bandwidth(t))
     t.done()
     return v
+
+
+def _bandwidth(t: "_Reader") -> str | tuple[str, ...] | None:
+    from replicator.stores.throttle import BandwidthSchedule
+
+    v = t._get("bandwidth", False)
+    if v is None:
+        return None
+    if not (isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))):
+        raise ConfigError(t.key("bandwidth"), 'expected "50MiB/s" or a list like ["08:00-18:00 10MiB/s", "50MiB/s"]')
+    try:
+        BandwidthSchedule.parse(v)
+    except ValueError as e:
+        raise ConfigError(t.key("bandwidth"), str(e)) from None
+    return v if isinstance(v, str) else tuple(v)
 
 
 def _job(t: "_Reader") -> JobConfig:

@@ -52,7 +52,8 @@ def run_one(cfg: Config, vault: Vault, job: JobConfig, *, dry_run: bool = False,
         index = cfg.jobs.index(job)
         opts = configmod.resolve_secrets(job.source_options, f"jobs[{index}].source_options")
         source = open_source(job, opts, state_dir=cfg.state_dir)
-        stats = run_job(vault, cat, job, source, dry_run=dry_run, workers=workers, progress=progress, stop=stop)
+        stats = run_job(vault, cat, job, source, dry_run=dry_run, workers=workers,
+                        progress=progress or LogProgress(job.name), stop=stop)
     except (SourceError, VaultError, StoreError) as e:
         kind = "source" if isinstance(e, SourceError) else "vault"
         return _failed(cat, job, started, t0, redact(str(e)), kind, dry_run)
@@ -70,6 +71,22 @@ def run_one(cfg: Config, vault: Vault, job: JobConfig, *, dry_run: bool = False,
     log.info("job %s: run %s: %d listed, %d copied, %d tombstoned, %d warnings, %d errors", job.name,
              "ok" if ok else "failed", stats.listed, stats.copied, stats.tombstones, len(stats.warnings), len(stats.errors))
     return Outcome(job.name, ok, stats)
+
+
+class LogProgress:
+    """Progress as a log line every 15 s: for journald and log files, where a status line would be noise."""
+
+    def __init__(self, job: str, every: float = 15.0):
+        self.job, self.every, self.t0 = job, every, time.monotonic()
+        self.last = self.t0
+
+    def __call__(self, s: RunStats) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            rate = s.copied_bytes / max(now - self.t0, 1e-6)
+            log.info("job %s: progress: %d listed, %d/%d objects, %d/%d bytes copied, %.0f B/s",
+                     self.job, s.listed, s.copied, s.to_copy, s.copied_bytes, s.to_copy_bytes, rate)
 
 
 def _failed(cat: Catalogue, job: JobConfig, started: str, t0: float, error: str, kind: str, dry_run: bool) -> Outcome:

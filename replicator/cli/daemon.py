@@ -22,7 +22,8 @@ def run(args, ctx) -> int:
     path = configmod.config_path(args.config)
 
     def open_vault(cfg) -> Vault:
-        store = open_store(cfg.vault.url, configmod.resolve_secrets(cfg.vault.options, "vault.options"))
+        store = open_store(cfg.vault.url, configmod.resolve_secrets(cfg.vault.options, "vault.options"),
+                           cfg.vault.bandwidth)
         return Vault.open(store, load_key_file(cfg.vault.key_file))
 
     return Daemon(lambda: configmod.load(path), open_vault).serve()
