@@ -191,8 +191,48 @@ class Catalogue:
         """(changed, their bytes, tombstones) in the prepared delta."""
         return tuple(self.db.execute("SELECT coalesce(sum(deleted=0),0), coalesce(sum(size),0), coalesce(sum(deleted),0) FROM delta").fetchone())
 
-    def finish_run(self, job: str) -> None:
-        self.db.execute("DELETE FROM pending WHERE job=?", (job,))
+    def change_counts(self, job: str) -> tuple[int, int, int, int]:
+        """For the breaker, from the prepared delta: (live before, deleted, rewritten, renamed to a new
+        extension: a new key that is a vanished key plus `.ext`)."""
+        live = self.live_count(job)
+        deleted = self.db.execute("SELECT count(*) FROM delta WHERE deleted=1").fetchone()[0]
+        rewritten = self.db.execute("SELECT count(*) FROM delta d JOIN entries e ON e.job=? AND e.key=d.key "
+                                    "WHERE d.deleted=0", (job,)).fetchone()[0]
+        renamed = self.db.execute(
+            "SELECT count(DISTINCT o.key) FROM delta o JOIN delta n ON n.deleted=0 AND o.deleted=1 "
+            "AND n.key > o.key || '.' AND n.key < o.key || '/' AND instr(substr(n.key, length(o.key) + 2), '/') = 0 "
+            "AND substr(n.key, 1, length(o.key) + 1) = o.key || '.'").fetchone()[0]
+        return live, deleted, rewritten, renamed
+
+    def rewrites(self, job: str) -> Iterator[tuple[Entry, Entry]]:
+        """(old, new) for every rewritten key in the prepared delta."""
+        q = ("SELECT e.key, e.size, e.mtime, e.etag, e.version, e.chunks, d.size, d.mtime, d.etag, d.version, d.chunks "
+             "FROM delta d JOIN entries e ON e.job=? AND e.key=d.key WHERE d.deleted=0")
+        for row in self.db.execute(q, (job,)):
+            yield _entry(row[:6]), _entry((row[0],) + tuple(row[6:]))
+
+    def hold(self, job: str) -> int:
+        """A tripped breaker: take tombstones and rewrites out of the delta; the rewrites move to table
+        `held` (recorded, not live). Returns how many changes were held."""
+        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS held(key TEXT PRIMARY KEY, size INTEGER, mtime TEXT,"
+                        " etag TEXT, version TEXT, chunks TEXT)")
+        self.db.execute("DELETE FROM held")
+        self.db.execute("INSERT INTO held SELECT d.key, d.size, d.mtime, d.etag, d.version, d.chunks FROM delta d "
+                        "JOIN entries e ON e.job=? AND e.key=d.key WHERE d.deleted=0", (job,))
+        n = self.db.execute("SELECT count(*) FROM delta WHERE deleted=1").fetchone()[0]
+        self.db.execute("DELETE FROM delta WHERE deleted=1 OR key IN (SELECT key FROM held)")
+        return n + self.db.execute("SELECT count(*) FROM held").fetchone()[0]
+
+    def held(self) -> Iterator[Entry]:
+        for row in self.db.execute("SELECT key, size, mtime, etag, version, chunks FROM held ORDER BY key"):
+            yield _entry(row)
+
+    def finish_run(self, job: str, keep_held: bool = False) -> None:
+        """Forget the run's listing and pending copies (held ones are kept: no need to read them again)."""
+        if keep_held:
+            self.db.execute("DELETE FROM pending WHERE job=? AND key NOT IN (SELECT key FROM held)", (job,))
+        else:
+            self.db.execute("DELETE FROM pending WHERE job=?", (job,))
         self.db.execute("DELETE FROM listing WHERE job=?", (job,))
 
     def record_run(self, job: str, started: str, finished: str, ok: bool, error: str | None,

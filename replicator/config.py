@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from replicator.breaker import Safety
 from replicator.errors import ConfigError, SecretError
 from replicator.redact import register as register_secret
 from replicator.units import glob_to_regex, parse_duration
@@ -43,6 +44,12 @@ class JobConfig:
     exclude: tuple[str, ...] = ()
     source_options: dict[str, Any] = field(default_factory=dict)
     repositories: tuple[str, ...] = ()  # git jobs: repository URLs captured besides those under `source`
+    safety: Safety = field(default_factory=Safety)
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    webhook: str | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,7 @@ class Config:
     metrics_listen: str | None
     jobs: tuple[JobConfig, ...]
     path: Path | None = None
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
 
     def job(self, name: str) -> JobConfig:
         for j in self.jobs:
@@ -92,6 +100,11 @@ def parse(text: str, base_dir: Path, path: Path | None = None) -> Config:
     if listen is not None and not (re.fullmatch(r"[^\s:]*:\d{1,5}", listen) and int(listen.rsplit(":", 1)[1]) <= 65535):
         raise ConfigError("metrics.listen", f"expected HOST:PORT, got {listen!r}")
     metrics.done()
+    notify = r.table("notify")
+    webhook = notify.string("webhook", default=None)
+    if webhook is not None and not re.fullmatch(r"https?://\S+", webhook):
+        raise ConfigError("notify.webhook", f"expected an http:// or https:// URL, got {webhook!r}")
+    notify.done()
     jobs = tuple(_job(j) for j in r.array_of_tables("jobs"))
     seen: set[str] = set()
     for i, j in enumerate(jobs):
@@ -99,7 +112,8 @@ def parse(text: str, base_dir: Path, path: Path | None = None) -> Config:
             raise ConfigError(f"jobs[{i}].name", f"duplicate job name {j.name!r}")
         seen.add(j.name)
     r.done()
-    return Config(vault=vault, state_dir=state_dir, metrics_listen=listen, jobs=jobs, path=path)
+    return Config(vault=vault, state_dir=state_dir, metrics_listen=listen, jobs=jobs, path=path,
+                  notify=NotifyConfig(webhook))
 
 
 def _vault(t: "_Reader", base_dir: Path) -> VaultConfig:
@@ -148,9 +162,20 @@ def _job(t: "_Reader") -> JobConfig:
     include = t.globs("include", default=("**",))
     exclude = t.globs("exclude", default=())
     job = JobConfig(name=name, source=source, kind=kind, schedule=schedule, include=include,
-                    exclude=exclude, source_options=t.options("source_options"), repositories=repositories)
+                    exclude=exclude, source_options=t.options("source_options"), repositories=repositories,
+                    safety=_safety(t.table("safety")))
     t.done()
     return job
+
+
+def _safety(t: "_Reader") -> Safety:
+    d = Safety()
+    fractions = {k: t.number(k, getattr(d, k), 0.0, 1.0) for k in
+                 ("max_deleted_fraction", "max_rewritten_fraction", "max_suspicious_fraction")}
+    counts = {k: int(t.number(k, getattr(d, k), 0, 10**12, integer=True)) for k in ("max_deleted", "min_objects")}
+    enabled = t.boolean("enabled", d.enabled)
+    t.done()
+    return Safety(enabled=enabled, **fractions, **counts)
 
 
 def validate_schedule(text: str) -> None:
@@ -220,6 +245,24 @@ class _Reader:
             if not isinstance(x, str) or not x:
                 raise ConfigError(f"{self.key(name)}[{i}]", "expected a non-empty string")
         return tuple(v)
+
+    def number(self, name: str, default: float, lo: float, hi: float, integer: bool = False) -> float:
+        v = self._get(name, False)
+        if v is None:
+            return default
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
+            raise ConfigError(self.key(name), f"expected {'an integer' if integer else 'a number'}, got {_kind(v)}")
+        if not lo <= v <= hi:
+            raise ConfigError(self.key(name), f"must be between {lo:g} and {hi:g}, got {v}")
+        return v
+
+    def boolean(self, name: str, default: bool) -> bool:
+        v = self._get(name, False)
+        if v is None:
+            return default
+        if not isinstance(v, bool):
+            raise ConfigError(self.key(name), f"expected true or false, got {_kind(v)}")
+        return v
 
     def path(self, name: str, base_dir: Path, default: str) -> Path:
         try:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable
 
+from replicator.breaker import Counts, evaluate, looks_encrypted
 from replicator.catalogue import Catalogue
 from replicator.config import JobConfig
 from replicator.errors import IntegrityError, SourceChanged, SourceError
@@ -49,6 +50,8 @@ class RunStats:
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     seq: int | None = None
+    breaker: str | None = None  # why the breaker tripped, if it did
+    held: int = 0  # changes held back by the breaker
     dry_run: bool = False
     seconds: float = 0.0
 
@@ -214,6 +217,9 @@ def _write_snapshot(vault: Vault, cat: Catalogue, job: JobConfig, started: datet
     head = cat.head(job.name)
     seq = 0 if head is None else head[0] + 1
     n_delta = cat.prepare_delta(job.name)
+    _check_breaker(cat, job, stats)
+    if stats.breaker:
+        n_delta -= cat.hold(job.name)
     changed, _, stats.tombstones = cat.delta_counts()
     stats.unchanged = stats.listed - stats.to_copy
     count, delta_sum = cat.since_checkpoint(job.name)
@@ -221,16 +227,38 @@ def _write_snapshot(vault: Vault, cat: Catalogue, job: JobConfig, started: datet
         live_before = cat.live_count(job.name)
         checkpoint = head is None or count >= CHECKPOINT_EVERY or delta_sum + n_delta >= max(live_before, 1000)
         delta_pages = [] if checkpoint else [vault.write_chunk(p) for p in encode_pages(cat.delta(), PAGE_SIZE)]
+        held_pages = [vault.write_chunk(p) for p in encode_pages(cat.held(), PAGE_SIZE)] if stats.breaker else []
         cat.apply(job.name, cat.delta())
         pages = [vault.write_chunk(p) for p in encode_pages(cat.entries(job.name), PAGE_SIZE)] if checkpoint else delta_pages
         root = SnapshotRoot(
             job=job.name, kind=job.kind, seq=seq, prev=head[1] if head else None, started=format_time_precise(started),
             finished=format_time_precise(datetime.now(timezone.utc)), checkpoint=checkpoint, pages=tuple(pages),
             stats={"listed": stats.listed, "changed": changed, "tombstones": stats.tombstones,
-                   "live": cat.live_count(job.name), "copied_bytes": stats.copied_bytes})
+                   "live": cat.live_count(job.name), "copied_bytes": stats.copied_bytes, "held": stats.held},
+            held=tuple(held_pages))
         digest = vault.write_snapshot(vault.job_id(job.name), root)
         cat.record_snapshot(job.name, seq, digest, root.started, root.finished, checkpoint, 0 if checkpoint else n_delta)
-        cat.finish_run(job.name)
+        cat.finish_run(job.name, keep_held=bool(stats.breaker))
+        cat.set_meta(f"breaker:{job.name}", stats.breaker)
+        if not stats.breaker:
+            cat.set_meta(f"approve:{job.name}", None)
     stats.seq = seq
-    log.info("job %s: snapshot %d written (%d changed, %d tombstones, %s)", job.name, seq, changed,
-             stats.tombstones, "checkpoint" if checkpoint else "delta")
+    log.info("job %s: snapshot %d written (%d changed, %d tombstones, %d held, %s)", job.name, seq, changed,
+             stats.tombstones, stats.held, "checkpoint" if checkpoint else "delta")
+
+
+def _check_breaker(cat: Catalogue, job: JobConfig, stats: RunStats) -> None:
+    """Trip the breaker if this run would record a mass deletion or rewrite (unless an operator approved it)."""
+    if cat.meta(f"approve:{job.name}"):
+        return
+    live, deleted, rewritten, renamed = cat.change_counts(job.name)
+    suspicious = renamed
+    if rewritten:
+        suspicious += sum(1 for old, new in cat.rewrites(job.name) if looks_encrypted(old.chunks, new.chunks))
+    reason = evaluate(job.safety, Counts(live, deleted, rewritten, suspicious))
+    if reason:
+        stats.breaker = reason
+        stats.held = deleted + rewritten
+        stats.errors.append(f"breaker tripped: {reason}; the previous versions stay current until "
+                            f"`replicator approve {job.name}`")
+        log.error("job %s: breaker tripped: %s", job.name, reason)

@@ -69,6 +69,11 @@ class History:
         for page in root.pages:
             yield from decode_page(self.vault.read_chunk(page))
 
+    def held_entries(self, root: SnapshotRoot) -> Iterator[Entry]:
+        """Versions a tripped breaker held back in this snapshot (stored, not live)."""
+        for page in root.held:
+            yield from decode_page(self.vault.read_chunk(page))
+
     def state(self, seq: int) -> "State":
         """The live objects at snapshot seq: the last checkpoint at or before it plus the deltas after."""
         chain = []

@@ -30,6 +30,7 @@ JOB_PENDING = Gauge("replicator_job_objects_pending", "Objects listed but not ye
 JOB_SNAPSHOTS = Gauge("replicator_job_snapshots", "Snapshots of the job in the vault", _J, registry=REGISTRY)
 JOB_LIVE_OBJECTS = Gauge("replicator_job_live_objects", "Objects in the job's latest snapshot", _J, registry=REGISTRY)
 JOB_NEXT_RUN = Gauge("replicator_job_next_run_timestamp_seconds", "Unix time of the job's next scheduled run", _J, registry=REGISTRY)
+JOB_BREAKER = Gauge("replicator_job_breaker_tripped", "1 while the job's mass-change breaker holds changes back", _J, registry=REGISTRY)
 JOB_RUNNING = Gauge("replicator_job_running", "1 while a run of the job is in progress", _J, registry=REGISTRY)
 VAULT_BYTES = Gauge("replicator_vault_stored_bytes", "Bytes stored in the vault's data blobs (as of the last verify)", registry=REGISTRY)
 VAULT_BLOBS = Gauge("replicator_vault_blobs", "Data blobs in the vault (as of the last verify)", registry=REGISTRY)

@@ -4,6 +4,7 @@ the caller says them once, in its own way."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from replicator import config as configmod
-from replicator import metrics
+from replicator import metrics, notify
 from replicator.catalogue import Catalogue
 from replicator.config import Config, JobConfig
 from replicator.engine import Progress, RunStats, run_job
@@ -56,13 +57,18 @@ def run_one(cfg: Config, vault: Vault, job: JobConfig, *, dry_run: bool = False,
                         progress=progress or LogProgress(job.name), stop=stop)
     except (SourceError, VaultError, StoreError) as e:
         kind = "source" if isinstance(e, SourceError) else "vault"
-        return _failed(cat, job, started, t0, redact(str(e)), kind, dry_run)
+        return _failed(cat, job, started, t0, redact(str(e)), kind, dry_run, cfg.notify.webhook)
     except ReplicatorError as e:
-        _failed(cat, job, started, t0, redact(str(e)), "other", dry_run)
+        _failed(cat, job, started, t0, redact(str(e)), "other", dry_run, cfg.notify.webhook)
         raise
     finally:
         metrics.JOB_RUNNING.labels(job.name).set(0)
     ok = not stats.errors
+    if stats.breaker and not dry_run:
+        notify.send(cfg.notify.webhook, "breaker_tripped", job=job.name, reason=stats.breaker, held=stats.held,
+                    snapshot=stats.seq)
+    elif not ok and not dry_run:
+        notify.send(cfg.notify.webhook, "run_failed", job=job.name, errors=stats.errors[:10])
     if not dry_run:
         cat.record_run(job.name, stats.started, _now(), ok, redact("; ".join(stats.errors))[:500] or None,
                        stats.copied, stats.copied_bytes, stats.tombstones)
@@ -89,8 +95,10 @@ class LogProgress:
                      self.job, s.listed, s.copied, s.to_copy, s.copied_bytes, s.to_copy_bytes, rate)
 
 
-def _failed(cat: Catalogue, job: JobConfig, started: str, t0: float, error: str, kind: str, dry_run: bool) -> Outcome:
+def _failed(cat: Catalogue, job: JobConfig, started: str, t0: float, error: str, kind: str, dry_run: bool,
+            webhook: str | None = None) -> Outcome:
     if not dry_run:
+        notify.send(webhook, "run_failed", job=job.name, errors=[error])
         cat.record_run(job.name, started, _now(), False, error[:500], 0, 0, 0)
         metrics.JOB_ERRORS.labels(job.name, kind).inc()
         metrics.JOB_RUNS.labels(job.name, "failure").inc()
@@ -123,7 +131,14 @@ def observe_catalogue(cat: Catalogue, job: str) -> None:
     """Metrics that the catalogue knows: snapshots, live objects, last success (also after a restart)."""
     head = cat.head(job)
     metrics.JOB_SNAPSHOTS.labels(job).set(0 if head is None else head[0] + 1)
+    metrics.JOB_BREAKER.labels(job).set(1 if cat.meta(f"breaker:{job}") else 0)
     metrics.JOB_LIVE_OBJECTS.labels(job).set(cat.live_count(job))
+    verify = cat.meta("verify:last")
+    if verify:
+        v = json.loads(verify)
+        metrics.VERIFY_LAST.set(v["time"])
+        metrics.VERIFY_LAST_RESULT.set(1 if v["ok"] else 0)
+        metrics.VERIFY_PROBLEMS.set(v["problems"])
     last = cat.last_runs(job)["last_success"]
     if last:
         metrics.JOB_LAST_SUCCESS.labels(job).set(datetime.strptime(last, "%Y-%m-%dT%H:%M:%SZ")

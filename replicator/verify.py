@@ -8,6 +8,7 @@ Deep: also download and decrypt every referenced blob and check each chunk's has
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import sqlite3
@@ -103,10 +104,10 @@ def _check_chain(vault: Vault, jid: str, seqs: list[int], only_job: str | None, 
             report.problems.append(f"{label}: snapshot 0 is not the start of a history (history before it was removed)")
         prev_digest = digest
         report.jobs[root.job] = report.jobs.get(root.job, 0) + 1
-        for page in root.pages:
+        for page in root.pages + root.held:
             refs.add(page)
         try:
-            for entry in history.entries(root):
+            for entry in itertools.chain(history.entries(root), history.held_entries(root)):
                 for ref in entry.chunks:
                     refs.add(ref)
         except ReplicatorError as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 from project import UNUSUAL, Project, read_dir, read_tree, s3_fs, unique
@@ -17,6 +18,10 @@ def make_project(tmp_path, s3_server, vault_url=None, vault_options=None) -> tup
                 env={"SRC_SECRET": "testing"})
     p.write_config()
     return p, fs, bucket
+
+
+def ls_keys(p: Project, *args: str) -> list[str]:
+    return sorted(json.loads(line)["key"] for line in p.cli("ls", "prod", "--json", *args).stdout.splitlines())
 
 
 def fill(fs, bucket: str, objects: dict[str, bytes]) -> None:
@@ -56,17 +61,22 @@ def test_incident_drill_restores_everything_as_before_the_attack(tmp_path, s3_se
         fs.pipe_file(f"{bucket}/{k}", b"ENCRYPTED BY RANSOMWARE " + os.urandom(64))
     for k in keys[len(keys) // 2:]:
         fs.rm_file(f"{bucket}/{k}")
+    attacked = p.cli("run", check=1)  # the breaker trips: the latest snapshot keeps the old versions
+    assert "breaker tripped" in attacked.stderr
+    assert ls_keys(p) == keys
+    assert "BREAKER TRIPPED" in p.cli("status").stdout
+
+    # Had the operator approved it (or had there been no breaker), the history still has every byte.
+    p.cli("approve", "prod")
     p.cli("run")
 
     snaps = p.json("snapshots")["snapshots"]
-    assert [s["seq"] for s in snaps] == [0, 1, 2, 3]
+    assert [s["seq"] for s in snaps] == [0, 1, 2, 3, 4]
     before = snaps[2]["time"]
 
     # The latest snapshot shows the attack; the one before it does not.
-    latest = {line.split()[-1] for line in p.cli("ls", "prod").stdout.splitlines()}
-    assert len(latest) == len(keys) // 2
-    listed = [__import__("json").loads(l)["key"] for l in p.cli("ls", "prod", "--at", before, "--json").stdout.splitlines()]
-    assert sorted(listed) == keys
+    assert len(ls_keys(p)) == len(keys) // 2
+    assert ls_keys(p, "--at", before) == keys
 
     out = tmp_path / "restored"
     r = p.cli("restore", "prod", "--to", str(out), "--at", before)

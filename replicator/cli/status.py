@@ -21,10 +21,11 @@ def run(args, ctx) -> int:
     jobs = []
     for job in cfg.jobs:
         info = {"job": job.name, "schedule": job.schedule, "last_success": None, "last_error": None,
-                "next_run": None, "lag_seconds": None, "snapshot": None, "snapshot_time": None, "live_objects": None}
+                "next_run": None, "breaker": None, "lag_seconds": None, "snapshot": None, "snapshot_time": None, "live_objects": None}
         if cat is not None:
             info.update(cat.last_runs(job.name))
             info["next_run"] = cat.meta(f"next_run:{job.name}")
+            info["breaker"] = cat.meta(f"breaker:{job.name}")
             head = cat.head(job.name)
             if head:
                 row = cat.db.execute("SELECT started, live FROM snapshots WHERE job=? AND seq=?", (job.name, head[0])).fetchone()
@@ -37,6 +38,10 @@ def run(args, ctx) -> int:
         err = f"{j['last_error']['time']}: {j['last_error']['error']}" if j["last_error"] else "-"
         lines.append(f"{j['job']:<20} {j['last_success'] or 'never':<21} {_age(j['lag_seconds']):>8}  "
                      f"{j['next_run'] or '-':<21} {'-' if j['snapshot'] is None else j['snapshot']:>8}  {err}")
+    for j in jobs:
+        if j["breaker"]:
+            lines.append(f"BREAKER TRIPPED for {j['job']}: {j['breaker']} (holding the previous versions; "
+                         f"`replicator approve {j['job']}` if the change was intended)")
     ctx.emit({"jobs": jobs}, "\n".join(lines))
     return 0
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import time
+
+from replicator import notify
 from replicator.cli.context import human_bytes
 from replicator.errors import EXIT_OK, EXIT_PROBLEMS, UsageError
 from replicator.verify import verify
@@ -46,5 +50,10 @@ def run(args, ctx) -> int:
         lines.append(f"{r.unreferenced_blobs} blobs ({human_bytes(r.unreferenced_bytes)}) are not referenced by any "
                      "snapshot (left by an interrupted run; harmless)")
     lines.append("vault OK" if r.ok else f"vault has {len(r.problems)} problems")
+    if cat is not None:  # the daemon's metrics and `status` show the last verify
+        cat.set_meta("verify:last", json.dumps({"time": time.time(), "ok": r.ok, "problems": len(r.problems),
+                                                "deep": r.deep, "blobs": r.blobs_referenced}))
+    if not r.ok:
+        notify.send(cfg.notify.webhook, "verify_failed", problems=r.problems[:20], count=len(r.problems))
     ctx.emit({"ok": r.ok, **r.__dict__}, "\n".join(lines))
     return EXIT_OK if r.ok else EXIT_PROBLEMS

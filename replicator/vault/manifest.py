@@ -78,13 +78,18 @@ class SnapshotRoot:
     checkpoint: bool
     pages: tuple[ChunkRef, ...]
     stats: dict = field(default_factory=dict)
+    # Changes a tripped breaker held back: stored and referenced, but not part of the live state.
+    held: tuple[ChunkRef, ...] = ()
 
     def to_json(self) -> bytes:
-        return json.dumps({
+        d = {
             "format": FORMAT_VERSION, "type": "snapshot", "job": self.job, "kind": self.kind,
             "seq": self.seq, "prev": self.prev, "started": self.started, "finished": self.finished,
             "checkpoint": self.checkpoint, "pages": [p.to_json() for p in self.pages], "stats": self.stats,
-        }, sort_keys=True).encode()
+        }
+        if self.held:
+            d["held"] = [p.to_json() for p in self.held]
+        return json.dumps(d, sort_keys=True).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> "SnapshotRoot":
@@ -94,7 +99,8 @@ class SnapshotRoot:
                 raise IntegrityError("not a version-1 snapshot manifest")
             root = cls(job=d["job"], kind=d["kind"], seq=d["seq"], prev=d["prev"], started=d["started"],
                        finished=d["finished"], checkpoint=d["checkpoint"],
-                       pages=tuple(ChunkRef.from_json(p) for p in d["pages"]), stats=d.get("stats") or {})
+                       pages=tuple(ChunkRef.from_json(p) for p in d["pages"]), stats=d.get("stats") or {},
+                       held=tuple(ChunkRef.from_json(p) for p in d.get("held", [])))
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             raise IntegrityError("malformed snapshot manifest") from None
         if not (isinstance(root.seq, int) and not isinstance(root.seq, bool) and root.seq >= 0
