@@ -10,20 +10,27 @@ write-only (public-key) mode can later replace `data_kek` by a key pair.
 from __future__ import annotations
 
 import base64
+import getpass
 import hashlib
 import json
 import os
 import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from replicator.errors import IntegrityError, VaultError, WrongKey
+from replicator.redact import register as register_secret
 from replicator.vault.crypto import Random, hkdf
 
 KEY_FILE_PREFIX = "replicator-key-v1:"
+SCRYPT_PREFIX = "replicator-key-v1-scrypt:"
+SCRYPT_LOG_N = 17  # 128 MiB of memory per attempt: slow for guessing, a fraction of a second for us
 
 
 @dataclass(frozen=True)
@@ -51,11 +58,10 @@ class Keyring:
         return "Keyring(...)"
 
 
-def create_key_file(path: Path, rng: Random = os.urandom) -> MasterKey:
-    """Write a new key file with mode 0600; never overwrites an existing file."""
-    key = MasterKey(rng(32))
-    text = ("# replicator vault key: keep it secret, keep a copy offline. Without it the vault cannot be read.\n"
-            f"{KEY_FILE_PREFIX}{base64.b64encode(key.secret).decode()}\n")
+def create_key_file(path: Path, rng: Random = os.urandom, passphrase: str | None = None,
+                    key: MasterKey | None = None) -> MasterKey:
+    """Write a key file (a new random key, or `key`) with mode 0600; never overwrites an existing file."""
+    key = key or MasterKey(rng(32))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -64,14 +70,40 @@ def create_key_file(path: Path, rng: Random = os.urandom) -> MasterKey:
     except OSError as e:
         raise VaultError(f"cannot create key file {path}: {e.strerror}") from None
     with os.fdopen(fd, "w") as f:
-        f.write(text)
+        f.write(key_file_text(key, passphrase, rng))
         f.flush()
         os.fsync(f.fileno())
     return key
 
 
-def load_key_file(path: Path) -> MasterKey:
-    """Read a key file; refuse one that others can read, or that is not a key file."""
+def replace_key_file(path: Path, key: MasterKey, passphrase: str | None = None, rng: Random = os.urandom) -> None:
+    """Atomically write `key` over an existing key file (rotation, adding a passphrase)."""
+    tmp = path.with_name(f".{path.name}.new")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key_file_text(key, passphrase, rng))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise VaultError(f"cannot write key file {path}: {e.strerror}") from None
+
+
+def key_file_text(key: MasterKey, passphrase: str | None = None, rng: Random = os.urandom) -> str:
+    head = "# replicator vault key: keep it secret, keep a copy offline. Without it the vault cannot be read.\n"
+    if passphrase is None:
+        return head + f"{KEY_FILE_PREFIX}{base64.b64encode(key.secret).decode()}\n"
+    salt, nonce = rng(16), rng(12)
+    ct = AESGCM(_scrypt(passphrase, salt, SCRYPT_LOG_N)).encrypt(nonce, key.secret, SCRYPT_PREFIX.encode())
+    fields = [base64.b64encode(salt).decode(), str(SCRYPT_LOG_N), "8", "1", base64.b64encode(nonce + ct).decode()]
+    return head + "# protected by a passphrase (scrypt)\n" + SCRYPT_PREFIX + ":".join(fields) + "\n"
+
+
+def load_key_file(path: Path, passphrase: Callable[[], str] | None = None) -> MasterKey:
+    """Read a key file; refuse one that others can read, or that is not a key file.
+    A passphrase-protected file asks `passphrase()` (default: $REPLICATOR_PASSPHRASE_FILE,
+    $REPLICATOR_PASSPHRASE, or a prompt on a terminal)."""
     try:
         st = os.stat(path)
         text = path.read_text(encoding="ascii")
@@ -90,7 +122,71 @@ def load_key_file(path: Path) -> MasterKey:
             if len(secret) == 32:
                 return MasterKey(secret)
             break
+        if line.startswith(SCRYPT_PREFIX):
+            return _unlock(path, line[len(SCRYPT_PREFIX):], passphrase or default_passphrase)
     raise VaultError(f"{path} is not a replicator key file")
+
+
+def is_protected(path: Path) -> bool:
+    try:
+        return SCRYPT_PREFIX in path.read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+
+
+def default_passphrase() -> str:
+    """$REPLICATOR_PASSPHRASE_FILE, $REPLICATOR_PASSPHRASE, or a prompt when attached to a terminal."""
+    if os.environ.get("REPLICATOR_PASSPHRASE_FILE"):
+        try:
+            value = Path(os.environ["REPLICATOR_PASSPHRASE_FILE"]).read_text().rstrip("\n")
+        except OSError as e:
+            raise VaultError(f"cannot read $REPLICATOR_PASSPHRASE_FILE: {e.strerror}") from None
+    elif "REPLICATOR_PASSPHRASE" in os.environ:
+        value = os.environ["REPLICATOR_PASSPHRASE"]
+    elif sys.stdin.isatty():
+        value = getpass.getpass("passphrase for the vault key: ")
+    else:
+        raise VaultError("the key file is protected by a passphrase; set REPLICATOR_PASSPHRASE_FILE (or run on a terminal)")
+    register_secret(value)
+    return value
+
+
+def _unlock(path: Path, fields: str, passphrase: Callable[[], str]) -> MasterKey:
+    try:
+        salt_b64, log_n, r, p, blob_b64 = fields.strip().split(":")
+        salt, blob = base64.b64decode(salt_b64, validate=True), base64.b64decode(blob_b64, validate=True)
+        log_n, r, p = int(log_n), int(r), int(p)
+    except ValueError:
+        raise VaultError(f"{path} is not a replicator key file (malformed passphrase line)") from None
+    if not (10 <= log_n <= 22 and r == 8 and p == 1 and len(salt) == 16 and len(blob) == 12 + 32 + 16):
+        raise VaultError(f"{path}: unsupported passphrase parameters")
+    try:
+        secret = AESGCM(_scrypt(passphrase(), salt, log_n)).decrypt(blob[:12], blob[12:], SCRYPT_PREFIX.encode())
+    except InvalidTag:
+        raise WrongKey(f"wrong passphrase for key file {path}") from None
+    return MasterKey(secret)
+
+
+def _scrypt(passphrase: str, salt: bytes, log_n: int) -> bytes:
+    return Scrypt(salt=salt, length=32, n=2**log_n, r=8, p=1).derive(passphrase.encode())
+
+
+def paper_backup(key: MasterKey) -> str:
+    """The master key as groups of base32 with a checksum, for writing down or printing."""
+    raw = key.secret + hashlib.sha256(b"replicator paper v1" + key.secret).digest()[:4]
+    text = base64.b32encode(raw).decode().rstrip("=")
+    return " ".join(text[i:i + 4] for i in range(0, len(text), 4))
+
+
+def from_paper(text: str) -> MasterKey:
+    cleaned = "".join(ch for ch in text.upper() if ch.isalnum())
+    try:
+        raw = base64.b32decode(cleaned + "=" * (-len(cleaned) % 8))
+    except ValueError:
+        raise VaultError("not a paper key: expected groups of letters A-Z and digits 2-7") from None
+    if len(raw) != 36 or hashlib.sha256(b"replicator paper v1" + raw[:32]).digest()[:4] != raw[32:]:
+        raise VaultError("paper key checksum does not match: a group was mistyped")
+    return MasterKey(raw[:32])
 
 
 def new_keyring(rng: Random = os.urandom) -> Keyring:

@@ -88,6 +88,19 @@ class Vault:
         keyring = keys.unwrap_keyring(wrapped, master, config["vault_id"], config_bytes)
         return cls(store, master, keyring, config)
 
+    def add_master_key(self, new: MasterKey) -> None:
+        """Wrap this vault's keyring under another master key (`keys/<new id>`); no blob changes."""
+        config_bytes = self.store.get(CONFIG_NAME)
+        _put_checked(self.store, key_name(new.key_id),
+                     keys.wrap_keyring(self.keyring, new, self.vault_id, config_bytes, self.rng))
+
+    def remove_master_key(self, old: MasterKey) -> None:
+        """Delete the keyring wrapped under `old`: after this, a copy of the old key file opens nothing.
+        The one deletion outside retention; it needs credentials the daemon should not hold."""
+        if old.key_id == self.master.key_id:
+            raise VaultError("refusing to remove the keyring of the key in use")
+        self.store.delete(key_name(old.key_id))
+
     # -- names -------------------------------------------------------------------
 
     def chunk_id(self, data: bytes) -> str:
