@@ -27,11 +27,22 @@ _JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 @dataclass(frozen=True)
+class Immutability:
+    """[vault.immutability]: every object the replicator writes is retained by the provider for
+    `retain_days`; retention of what live snapshots still reference is extended `extend_before_days`
+    before it runs out (stores/immutable.py, replicator/immutability.py)."""
+    mode: str  # "compliance" | "governance"
+    retain_days: int
+    extend_before_days: int
+
+
+@dataclass(frozen=True)
 class VaultConfig:
     url: str
     key_file: Path
     options: dict[str, Any] = field(default_factory=dict)
     bandwidth: str | tuple[str, ...] | None = None  # "50MiB/s" or ("08:00-18:00 10MiB/s", "50MiB/s")
+    immutability: Immutability | None = None
 
 
 @dataclass(frozen=True)
@@ -121,9 +132,27 @@ def _vault(t: "_Reader", base_dir: Path) -> VaultConfig:
     if not url:
         raise ConfigError(t.key("url"), "must not be empty")
     v = VaultConfig(url=url, key_file=t.path("key_file", base_dir, default="/etc/replicator/vault.key"),
-                    options=t.options("options"), bandwidth=_bandwidth(t))
+                    options=t.options("options"), bandwidth=_bandwidth(t),
+                    immutability=_immutability(t.table("immutability")) if "immutability" in t.data else None)
     t.done()
     return v
+
+
+IMMUTABILITY_MODES = ("compliance", "governance")
+
+
+def _immutability(t: "_Reader") -> Immutability:
+    mode = t.string("mode", required=True)
+    if mode not in IMMUTABILITY_MODES:
+        raise ConfigError(t.key("mode"), f'must be "compliance" or "governance", got {mode!r}')
+    if "retain_days" not in t.data:
+        raise ConfigError(t.key("retain_days"), "missing (required): how many days each object stays protected")
+    days = int(t.number("retain_days", 0, 1, 36500, integer=True))
+    before = t.number("extend_before_days", max(1, days // 4), 1, 36500, integer=True)
+    if before > days:
+        raise ConfigError(t.key("extend_before_days"), f"must not exceed retain_days ({days}), got {before}")
+    t.done()
+    return Immutability(mode=mode, retain_days=days, extend_before_days=int(before))
 
 
 def _bandwidth(t: "_Reader") -> str | tuple[str, ...] | None:

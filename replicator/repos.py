@@ -217,7 +217,7 @@ class GitBuilder:
     def set_refs(self, refs: dict[str, str], head: dict | None) -> None:
         """Exactly these refs (others deleted) and this HEAD."""
         have = {}
-        for line in self.git("for-each-ref", "--format=%(objectname) %(refname)").decode().splitlines():
+        for line in self.git("for-each-ref", "--format=%(objectname) %(refname)").decode("utf-8", "surrogateescape").splitlines():
             sha, _, ref = line.partition(" ")
             have[ref] = sha
         cmds = [f"delete {r}\n" for r in sorted(set(have) - set(refs))]
@@ -439,8 +439,9 @@ def _verify_job(vault: Vault, history: History, kind: str, report) -> None:
             chain = [(k, state[k]) for k in keys]
             cid = tuple((k, e.size, tuple(r.id for r in e.chunks)) for k, e in chain)
             slot = chains.setdefault(repo, {}).setdefault(cid, (chain, []))
-            if not slot[1] or slot[1][-1][1] is not doc:
-                slot[1].append((seq, doc, state.get(doc.get("hooks_conf") or "")))
+            hooks = state.get(doc.get("hooks_conf") or "")
+            if not slot[1] or slot[1][-1][1] is not doc or slot[1][-1][2] != hooks:
+                slot[1].append((seq, doc, hooks))
     for repo, by_chain in sorted(chains.items()):
         report.repositories_checked += 1
         ids = list(by_chain)

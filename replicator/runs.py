@@ -19,6 +19,7 @@ from replicator.engine import Progress, RunStats, run_job
 from replicator.errors import ReplicatorError, SourceError, StoreError, VaultError
 from replicator.redact import redact
 from replicator.sources import open_source
+from replicator.stores.immutable import require_protection
 from replicator.units import format_time
 from replicator.vault.vault import Vault
 
@@ -50,9 +51,10 @@ def run_one(cfg: Config, vault: Vault, job: JobConfig, *, dry_run: bool = False,
     metrics.JOB_RUNNING.labels(job.name).set(1)
     try:
         cat.bind(vault.vault_id)
+        require_protection(vault.store)  # [vault.immutability] the bucket cannot honour: ConfigError, nothing written
         index = cfg.jobs.index(job)
         opts = configmod.resolve_secrets(job.source_options, f"jobs[{index}].source_options")
-        source = open_source(job, opts, state_dir=cfg.state_dir)
+        source = open_source(job, opts, state_dir=cfg.state_dir, catalogue=cat)
         stats = run_job(vault, cat, job, source, dry_run=dry_run, workers=workers,
                         progress=progress or LogProgress(job.name), stop=stop)
     except (SourceError, VaultError, StoreError) as e:
@@ -139,6 +141,9 @@ def observe_catalogue(cat: Catalogue, job: str) -> None:
         metrics.VERIFY_LAST.set(v["time"])
         metrics.VERIFY_LAST_RESULT.set(1 if v["ok"] else 0)
         metrics.VERIFY_PROBLEMS.set(v["problems"])
+    probe = cat.meta("probe:last")  # written by replicator.immutability.run_probe
+    if probe:
+        metrics.VAULT_PROTECTED.set(1 if json.loads(probe).get("protected") else 0)
     last = cat.last_runs(job)["last_success"]
     if last:
         metrics.JOB_LAST_SUCCESS.labels(job).set(datetime.strptime(last, "%Y-%m-%dT%H:%M:%SZ")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from replicator import config as configmod
 from replicator.cli.context import human_bytes
-from replicator.errors import EXIT_OK, EXIT_PROBLEMS
+from replicator.errors import EXIT_OK, EXIT_PROBLEMS, UsageError
 from replicator.restore import restore
 from replicator.targets import open_target
 
@@ -13,7 +13,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("restore", help="write a job's objects as of a time to any URL",
                        description="Write the objects of JOB as they were at TIME to URL: a local directory, "
                                    "s3://bucket/prefix, gs://, az://, sftp://... Endpoint and credentials of the "
-                                   "target come from --to-option (values may be env:NAME or file:/path).")
+                                   "target come from --to-option (values may be env:NAME or file:/path). A git or svn "
+                                   "job rebuilds its repositories in a local directory instead: URL/<repo>.git (bare git, "
+                                   "exactly the refs and objects of TIME) or URL/<repo> (svn); --prefix selects repositories.")
     p.add_argument("job", metavar="JOB")
     p.add_argument("--to", required=True, metavar="URL", help="where to write")
     p.add_argument("--to-option", action="append", default=[], metavar="KEY=VALUE",
@@ -29,6 +31,9 @@ def add_parser(sub) -> None:
 def run(args, ctx) -> int:
     options = configmod.resolve_secrets(configmod.parse_option_pairs(args.to_option, "--to-option"), "--to-option")
     vault = ctx.open_vault(args.key)
+    kind = next((j.kind for j in ctx.config.jobs if j.name == args.job), "objects")
+    if kind in ("git", "svn") and "://" in args.to and not args.to.startswith("file://"):
+        raise UsageError(f"a {kind} job restores repositories into a local directory, not {args.to}")
     target = None if args.dry_run else open_target(args.to, options)
     r = restore(vault, args.job, target, args.at, args.prefix, dry_run=args.dry_run)
     verb = "would restore" if r.dry_run else "restored"

@@ -21,6 +21,11 @@ def add_parser(sub) -> None:
     p.add_argument("--sample", type=float, metavar="PCT", help="with --deep, read only this percentage of blobs")
     p.add_argument("--against-source", action="store_true", help=argparse_suppress())
     p.add_argument("--key", metavar="PATH", help="key file to use instead of [vault].key_file")
+    p.add_argument("--no-probe", action="store_true",
+                   help="skip the immutability probe (it writes a canary under probe/ and tries to delete it)")
+    p.add_argument("--extend-retention", action="store_true",
+                   help="with [vault.immutability]: also lengthen the retention of every object live snapshots "
+                        "reference whose protection ends within extend_before_days (the daemon does this daily)")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(handler=run)
 
@@ -37,15 +42,19 @@ def run(args, ctx) -> int:
     if args.against_source:
         raise UsageError("--against-source is not available yet")
     cfg = ctx.config
+    if args.extend_retention and cfg.vault.immutability is None:
+        raise UsageError("--extend-retention needs [vault.immutability] in the config")
     vault = ctx.open_vault(args.key)
     cat = ctx.catalogue() if (cfg.state_dir / "catalogue.db").exists() else None
     if cat is not None:
         cat.bind(vault.vault_id)
     r = verify(vault, cat, [j.name for j in cfg.jobs], only_job=args.job, deep=args.deep, sample=args.sample)
-    lines = [f"problem: {p}" for p in r.problems] + [f"warning: {w}" for w in r.warnings]
+    extra, notes = _protection(args, cfg, vault, cat, r)
+    lines = [f"problem: {p}" for p in r.problems] + [f"warning: {w}" for w in r.warnings] + notes
     jobs = ", ".join(f"{j} ({n} snapshots)" for j, n in sorted(r.jobs.items())) or "no jobs"
     lines.append(f"checked {jobs}; {r.blobs_referenced} blobs referenced"
-                 + (f", {r.blobs_read} read and {r.chunks_checked} chunks hashed" if r.deep else ""))
+                 + (f", {r.blobs_read} read and {r.chunks_checked} chunks hashed" if r.deep else "")
+                 + (f", {r.repositories_checked} repositories rebuilt" if getattr(r, "repositories_checked", 0) else ""))
     if r.unreferenced_blobs:
         lines.append(f"{r.unreferenced_blobs} blobs ({human_bytes(r.unreferenced_bytes)}) are not referenced by any "
                      "snapshot (left by an interrupted run; harmless)")
@@ -55,5 +64,42 @@ def run(args, ctx) -> int:
                                                 "deep": r.deep, "blobs": r.blobs_referenced}))
     if not r.ok:
         notify.send(cfg.notify.webhook, "verify_failed", problems=r.problems[:20], count=len(r.problems))
-    ctx.emit({"ok": r.ok, **r.__dict__}, "\n".join(lines))
+    ctx.emit({"ok": r.ok, **r.__dict__, **extra}, "\n".join(lines))
     return EXIT_OK if r.ok else EXIT_PROBLEMS
+
+
+def _protection(args, cfg, vault, cat, r) -> tuple[dict, list[str]]:
+    """The immutability probe and, if asked, retention extension. With [vault.immutability] an
+    unprotected vault is a problem (exit 1); without, a warning: nobody promised protection."""
+    from replicator.immutability import extend_retention, run_probe
+
+    extra: dict = {"protection": None}
+    notes: list[str] = []
+    imm = cfg.vault.immutability
+    if not args.no_probe:
+        probe = run_probe(vault.store, cat)
+        extra["protection"] = probe.as_dict()
+        if probe.lock and probe.lock.get("summary"):
+            notes.append(f"lock configuration: {probe.lock['summary']}")
+        if probe.protected:
+            notes.append(probe.line())
+        elif imm is not None:
+            r.problems.append(probe.line())
+        else:
+            r.warnings.append(f"{probe.line()} (no [vault.immutability] configured)")
+    if args.extend_retention:
+        ext = extend_retention(vault, cat if cat is not None else _catalogue(cfg, vault), imm.retain_days, imm.extend_before_days)
+        extra["retention"] = ext.as_dict()
+        r.problems.extend(f"retention: {e}" for e in ext.errors)
+        r.problems.extend(f"retention: {m} is referenced but missing" for m in ext.missing[:20])
+        notes.append(f"retention: {ext.tracked} objects tracked, {ext.extended} extended to {ext.extended_to}, "
+                     f"{ext.checked} still protected long enough; earliest end of protection {ext.protected_until}")
+    return extra, notes
+
+
+def _catalogue(cfg, vault):
+    from replicator.catalogue import Catalogue
+
+    cat = Catalogue(cfg.state_dir / "catalogue.db")
+    cat.bind(vault.vault_id)
+    return cat

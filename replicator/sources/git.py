@@ -200,9 +200,10 @@ class GitSource(RepoSource):
         self.git(args, f"{what}: fetch")
         if not with_head:
             return None
-        for line in (mirror / "FETCH_HEAD").read_text(errors="replace").splitlines():
+        # FETCH_HEAD describes a ref as "<kind> '<name>' of <url>", and the remote HEAD as "<url>" alone.
+        for line in reversed((mirror / "FETCH_HEAD").read_text(errors="replace").splitlines()):
             sha, _, rest = line.partition("\t")
-            if not rest.startswith("not-for-merge"):
+            if _SHA.match(sha) and "' of " not in rest.partition("\t")[2]:
                 return sha
         raise SourceError(f"{what}: fetch did not report the detached HEAD")
 

@@ -108,7 +108,7 @@ def write_json(work: Path, stem: str, obj: Any) -> tuple[Path, bytes, str]:
     """Canonical JSON (sorted keys, compact) written to the work directory: (path, bytes, sha256)."""
     import json
 
-    data = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    data = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()  # ASCII: \u escapes
     digest = hashlib.sha256(data).hexdigest()
     path = work / f"{stem}-{digest[:16]}.json"
     path.write_bytes(data)
@@ -276,6 +276,10 @@ class RepoSource:
             raise SourceError(f"{item.key!r}: cannot read {path}: {e.strerror}") from None
         if got != item.size or h.hexdigest() != item.etag:
             raise SourceChanged(f"{item.key!r} changed in the work directory while it was read")
+        # The engine asks past the last chunk only once it has stored it: the work file is done.
+        # (A later run recomputes whatever the vault's head does not hold.)
+        self._files.pop(item.key, None)
+        path.unlink(missing_ok=True)
 
     def _committed(self) -> Committed:
         """(etag, size) of every key of this job at its head snapshot, from the catalogue, which the
