@@ -75,9 +75,11 @@ def _setup_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler], force=True)
+    # Libraries log their own retries and tracebacks (gcsfs at ERROR); we report failures ourselves, in one
+    # line each, so their logs are shown only when debugging.
     for noisy in ("botocore", "aiobotocore", "s3fs", "gcsfs", "adlfs", "asyncssh", "azure", "urllib3", "fsspec",
-                  "apscheduler"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, level.upper())))
+                  "apscheduler", "libcloud"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if level == "debug" else logging.CRITICAL)
 
 
 class _TextFormatter(logging.Formatter):

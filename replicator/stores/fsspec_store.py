@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import uuid
 from typing import Any, Iterator
 
@@ -24,16 +25,27 @@ from fsspec.asyn import sync  # noqa: E402
 
 _CREATE_MODE = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"}
 _SFTP = {"sftp", "ssh"}
+# fsspec caches listings forever by default, and stat/get consult that cache: after a list(), objects
+# that another writer (process) adds stay invisible. Azure: adlfs by default treats a failed container
+# check as "exists", so create()/exists() would succeed against an unreachable endpoint.
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "s3": {"use_listings_cache": False}, "s3a": {"use_listings_cache": False},
+    "gs": {"use_listings_cache": False}, "gcs": {"use_listings_cache": False},
+    **{p: {"use_listings_cache": False, "assume_container_exists": False} for p in ("az", "abfs", "abfss")},
+}
 
 
 class FsspecStore:
     def __init__(self, url: str, options: dict[str, Any]):
+        options = {**_DEFAULTS.get(url.split("://", 1)[0].lower(), {}), **options}
         try:
             self.fs, root = fsspec.url_to_fs(url, **options)
         except ImportError as e:
             raise StoreError(f"{url}: support for this kind of URL is not installed ({e})") from None
         except (ValueError, TypeError) as e:
-            raise StoreError(f"{url}: bad URL or options: {redact(str(e))}") from None
+            raise StoreError(f"{url}: bad URL or options: {_short(e)}") from None
+        except Exception as e:  # some filesystems (SFTP) connect when constructed
+            raise StoreUnreachable(f"{url}: cannot connect: {_short(e)}") from None
         self.protocol = _protocol(self.fs)
         self.root = root.rstrip("/")
         self.url = url
@@ -42,11 +54,15 @@ class FsspecStore:
     def _path(self, name: str) -> str:
         return f"{self.root}/{check_name(name)}"
 
-    def put(self, name: str, data: bytes) -> None:
+    def put(self, name: str, data: bytes, **provider_args: Any) -> None:
+        """`provider_args` go to the provider's create-only write as they are (stores/retention.py
+        passes S3 Object Lock and Azure immutability-policy arguments this way)."""
         path = self._path(name)
+        if provider_args and self.protocol not in _CREATE_MODE:
+            raise ValueError(f"{self.protocol} stores take no provider arguments on put")
         with self._errors(name):
             if self.protocol in _CREATE_MODE:
-                self.fs.pipe_file(path, data, mode="create")
+                self.fs.pipe_file(path, data, mode="create", **provider_args)
             elif self.protocol in _SFTP:
                 self._sftp_put(path, data)
             else:
@@ -80,11 +96,43 @@ class FsspecStore:
     # Names are checked outside `_errors`: a bad name is the caller's ValueError, not a StoreError.
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         path = self._path(name)
+        if offset < 0 or (length is not None and length < 0):
+            raise ValueError(f"bad range offset={offset} length={length} for {name}")
         with self._errors(name):
-            end = None if length is None else offset + length
-            if offset == 0 and end is None:
-                return self.fs.cat_file(path)
-            return self.fs.cat_file(path, start=offset, end=end)
+            if length == 0:  # an empty HTTP range is invalid, and S3 then answers the whole object
+                self.stat(name)
+                return b""
+            try:
+                return self._read(path, offset, length)
+            except FileNotFoundError:
+                raise
+            except Exception:
+                # Providers refuse a range that starts at or past the end (HTTP 416), and a directory
+                # cannot be read: the object's size (NotFound for a directory) decides the answer.
+                if self.stat(name) <= offset:
+                    return b""
+                raise
+
+    def _read(self, path: str, offset: int, length: int | None) -> bytes:
+        if self.protocol in _SFTP:
+            return self._sftp_read(path, offset, length)
+        if offset == 0 and length is None:
+            return self.fs.cat_file(path)
+        return self.fs.cat_file(path, start=offset, end=None if length is None else offset + length)
+
+    def _sftp_read(self, path: str, offset: int, length: int | None) -> bytes:
+        """sshfs's cat_file ignores start/end and returns the whole file: read the range ourselves."""
+        from asyncssh import SFTPNoSuchFile
+
+        async def read() -> bytes:
+            async with self.fs._pool.get() as channel:
+                async with channel.open(path, "rb") as f:
+                    return await f.read(-1 if length is None else length, offset)
+
+        try:
+            return sync(self.fs.loop, read)
+        except SFTPNoSuchFile:
+            raise FileNotFoundError(path) from None
 
     def stat(self, name: str) -> int:
         path = self._path(name)
@@ -113,8 +161,14 @@ class FsspecStore:
             self.fs.rm_file(path)
 
     def exists(self) -> bool:
+        # In an object store the bucket/container is what create() makes; a prefix inside it only
+        # "exists" while objects are under it. fs.exists() would also hide errors as False.
+        root = self.root.split("/", 1)[0] if self.protocol in _CREATE_MODE else self.root
         with self._errors("/"):
-            return bool(self.fs.exists(self.root))
+            try:
+                return self.fs.info(root).get("type") == "directory"
+            except FileNotFoundError:
+                return False
 
     def create(self) -> None:
         with self._errors("/"):
@@ -154,8 +208,14 @@ class _Translate:
         return False
 
 
+# Credentials that provider messages may quote although nobody registered them as secrets:
+# URL query strings (access_token=, SAS sig=, X-Amz-Signature=) and user:password@ in URLs.
+_URL_SECRETS = re.compile(r"\?[\w.~%-]+=[^\s\"'<>)]*|(?<=://)[^/\s@:]*:[^/\s@]*@")
+
+
 def _short(e: BaseException) -> str:
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    text = _URL_SECRETS.sub(lambda m: "?***" if m.group().startswith("?") else "***@", text)
     return redact(text)[:300]
 
 

@@ -54,12 +54,16 @@ class LocalStore:
             with open(self._path(name), "rb") as f:
                 f.seek(offset)
                 return f.read() if length is None else f.read(length)
+        except (IsADirectoryError, NotADirectoryError):  # a name prefix, or a path through an object
+            raise NotFound(f"{name} not found in {self.url}") from None
         except OSError as e:
             raise _error(e, name, self.url) from None
 
     def stat(self, name: str) -> int:
         try:
             st = os.stat(self._path(name))
+        except NotADirectoryError:  # a path through an object
+            raise NotFound(f"{name} not found in {self.url}") from None
         except OSError as e:
             raise _error(e, name, self.url) from None
         if not statmod.S_ISREG(st.st_mode):  # a directory is a name prefix, not an object
@@ -109,8 +113,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _error(e: OSError, name: str, url: str) -> StoreError:
-    # A directory, or a path through a file, is no object in the flat namespace either.
-    if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+    if isinstance(e, FileNotFoundError):
         return NotFound(f"{name} not found in {url}")
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return StoreError(f"no space left on {url} while writing {name}")
