@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from replicator.breaker import Safety
+from replicator.policy import Policy
 from replicator.errors import ConfigError, SecretError
 from replicator.redact import register as register_secret
 from replicator.units import glob_to_regex, parse_duration
@@ -56,6 +57,7 @@ class JobConfig:
     source_options: dict[str, Any] = field(default_factory=dict)
     repositories: tuple[str, ...] = ()  # git jobs: repository URLs captured besides those under `source`
     safety: Safety = field(default_factory=Safety)
+    retention: Policy = field(default_factory=Policy)
 
 
 @dataclass(frozen=True)
@@ -192,9 +194,25 @@ def _job(t: "_Reader") -> JobConfig:
     exclude = t.globs("exclude", default=())
     job = JobConfig(name=name, source=source, kind=kind, schedule=schedule, include=include,
                     exclude=exclude, source_options=t.options("source_options"), repositories=repositories,
-                    safety=_safety(t.table("safety")))
+                    safety=_safety(t.table("safety")), retention=_retention(t.table("retention")))
     t.done()
     return job
+
+
+def _retention(t: "_Reader") -> Policy:
+    def duration(name: str, default):
+        text = t.string(name, default=None)
+        if text is None:
+            return default
+        try:
+            return parse_duration(text)
+        except ValueError as e:
+            raise ConfigError(t.key(name), str(e)) from None
+
+    counts = {k: int(t.number(k, 0, 0, 10**6, integer=True)) for k in ("keep_daily", "keep_weekly", "keep_monthly")}
+    policy = Policy(keep_within=duration("keep_within", None), min_age=duration("min_age", Policy().min_age), **counts)
+    t.done()
+    return policy
 
 
 def _safety(t: "_Reader") -> Safety:

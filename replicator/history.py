@@ -16,6 +16,7 @@ from typing import Iterator
 
 from replicator.errors import IntegrityError, NotFound, ReplicatorError, UsageError
 from replicator.units import parse_time
+from replicator.vault.format import decode_record
 from replicator.vault.manifest import Entry, SnapshotRoot, decode_page
 from replicator.vault.vault import Vault
 
@@ -24,6 +25,7 @@ class History:
     def __init__(self, vault: Vault, job_id: str, seqs: list[int]):
         self.vault, self.job_id, self.seqs = vault, job_id, seqs
         self._roots: dict[int, tuple[SnapshotRoot, str]] = {}
+        self._forgotten: set[int] | None = None
 
     @classmethod
     def for_job(cls, vault: Vault, job_name: str) -> "History":
@@ -43,12 +45,22 @@ class History:
             self._roots[seq] = self.vault.read_snapshot(self.job_id, seq)
         return self._roots[seq]
 
+    def forgotten(self) -> set[int]:
+        """Snapshots hidden by retention (`replicator prune`): not listed, not selectable."""
+        if self._forgotten is None:
+            self._forgotten = forgotten_seqs(self.vault, self.job_id, self)
+        return self._forgotten
+
+    def visible_roots(self) -> list[SnapshotRoot]:
+        hidden = self.forgotten()
+        return [r for r in self.roots() if r.seq not in hidden]
+
     def select(self, at: str | None) -> SnapshotRoot:
         """The newest snapshot whose time is at or before `at` (default: the latest)."""
         if not self.seqs:
             raise ReplicatorError("the vault holds no snapshot of this job")
         if at is None:
-            return self.root(self.seqs[-1])[0]
+            return self.root(self.seqs[-1])[0]  # the latest is never forgotten
         try:
             t = parse_time(at)
         except ValueError as e:
@@ -56,11 +68,12 @@ class History:
         if "." not in at and ":" in at:
             t = t.replace(microsecond=999999)  # `--at 10:51:38` includes a snapshot begun at 10:51:38.7
         best = None
-        for r in self.roots():
+        visible = self.visible_roots()
+        for r in visible:
             if parse_time(r.started) <= t:
                 best = r
         if best is None:
-            first = self.root(self.seqs[0])[0]
+            first = visible[0]
             raise ReplicatorError(f"no snapshot at or before {at}; the first is from {first.started}")
         return best
 
@@ -158,3 +171,26 @@ def job_names(vault: Vault) -> dict[str, str]:
             out[jid] = f"<unreadable job {jid[:8]}>"
     return out
 
+
+def forgotten_name(job_id: str, seq: int) -> str:
+    return f"forgotten/{job_id}/{seq:010d}"
+
+
+def forgotten_seqs(vault: Vault, job_id: str, history: "History") -> set[int]:
+    """Seqs hidden by authentic forget records; a record that does not authenticate is an error."""
+    out = set()
+    for name, _ in vault.store.list(f"forgotten/{job_id}/"):
+        seq_text = name.rsplit("/", 1)[-1]
+        if not (seq_text.isascii() and seq_text.isdigit() and len(seq_text) == 10):
+            continue
+        payload = vault.open_blob(vault.store.get(name), name)
+        try:
+            record = json.loads(decode_record(payload, len(payload) - 1))
+        except ValueError:
+            raise IntegrityError(f"{name}: malformed forget record") from None
+        seq = int(seq_text)
+        if record.get("seq") != seq or record.get("job_id") != job_id or (
+                seq in history.seqs and record.get("root_sha256") != history.root(seq)[1]):
+            raise IntegrityError(f"{name}: forget record does not match the snapshot it names")
+        out.add(seq)
+    return out

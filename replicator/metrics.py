@@ -6,10 +6,32 @@ Everything here is numbers with a `job` label at most; no config, paths or secre
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily
 
 disable_created_metrics()  # no *_created series: they double the exposition and alert on nothing
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+
+class OptionalGauge:
+    """A gauge that is absent until first set: "never measured" must not read as 0 (an alert would fire)."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry):
+        self.name, self.documentation, self.value = name, documentation, None
+        registry.register(self)
+
+    def set(self, value: float) -> None:
+        self.value = float(value)
+
+    def collect(self):
+        if self.value is not None:
+            family = GaugeMetricFamily(self.name, self.documentation)
+            family.add_metric([], self.value)
+            yield family
+
+    def describe(self):
+        return [GaugeMetricFamily(self.name, self.documentation)]
+
 
 _J = ["job"]
 BUILD = Info("replicator_build", "Version of the running replicator", registry=REGISTRY)
@@ -32,12 +54,12 @@ JOB_LIVE_OBJECTS = Gauge("replicator_job_live_objects", "Objects in the job's la
 JOB_NEXT_RUN = Gauge("replicator_job_next_run_timestamp_seconds", "Unix time of the job's next scheduled run", _J, registry=REGISTRY)
 JOB_BREAKER = Gauge("replicator_job_breaker_tripped", "1 while the job's mass-change breaker holds changes back", _J, registry=REGISTRY)
 JOB_RUNNING = Gauge("replicator_job_running", "1 while a run of the job is in progress", _J, registry=REGISTRY)
-VAULT_BYTES = Gauge("replicator_vault_stored_bytes", "Bytes stored in the vault's data blobs (as of the last verify)", registry=REGISTRY)
-VAULT_BLOBS = Gauge("replicator_vault_blobs", "Data blobs in the vault (as of the last verify)", registry=REGISTRY)
-VERIFY_LAST = Gauge("replicator_verify_last_timestamp_seconds", "Unix time the last verify finished", registry=REGISTRY)
-VERIFY_LAST_RESULT = Gauge("replicator_verify_last_success", "1 if the last verify found no problem, else 0", registry=REGISTRY)
-VERIFY_PROBLEMS = Gauge("replicator_verify_problems", "Problems found by the last verify", registry=REGISTRY)
-VERIFY_COVERAGE = Gauge("replicator_verify_coverage_ratio", "Fraction of referenced blobs read by deep verify in the coverage window", registry=REGISTRY)
-VAULT_PROTECTED = Gauge("replicator_vault_protected", "1 if the immutability probe found the vault protected against our own credentials, 0 if not, absent if never probed", registry=REGISTRY)
+VAULT_BYTES = OptionalGauge("replicator_vault_stored_bytes", "Bytes stored in the vault's data blobs (as of the last verify)", registry=REGISTRY)
+VAULT_BLOBS = OptionalGauge("replicator_vault_blobs", "Data blobs in the vault (as of the last verify)", registry=REGISTRY)
+VERIFY_LAST = OptionalGauge("replicator_verify_last_timestamp_seconds", "Unix time the last verify finished", registry=REGISTRY)
+VERIFY_LAST_RESULT = OptionalGauge("replicator_verify_last_success", "1 if the last verify found no problem, else 0", registry=REGISTRY)
+VERIFY_PROBLEMS = OptionalGauge("replicator_verify_problems", "Problems found by the last verify", registry=REGISTRY)
+VERIFY_COVERAGE = OptionalGauge("replicator_verify_coverage_ratio", "Fraction of referenced blobs read by deep verify in the coverage window", registry=REGISTRY)
+VAULT_PROTECTED = OptionalGauge("replicator_vault_protected", "1 if the immutability probe found the vault protected against our own credentials, 0 if not, absent if never probed", registry=REGISTRY)
 DAEMON_START = Gauge("replicator_daemon_start_timestamp_seconds", "Unix time the daemon started", registry=REGISTRY)
 CONFIG_RELOADS = Counter("replicator_config_reloads_total", "Config reloads by result (success, failure)", ["result"], registry=REGISTRY)

@@ -20,6 +20,7 @@ from pathlib import Path
 from replicator.catalogue import Catalogue
 from replicator.errors import NotFound, ReplicatorError
 from replicator.history import History
+from replicator.references import VersionTable
 from replicator.vault.format import ChunkRef, data_name
 from replicator.vault.vault import Vault
 
@@ -84,6 +85,11 @@ def _check_chain(vault: Vault, jid: str, seqs: list[int], only_job: str | None, 
     history = History(vault, jid, seqs)
     label = f"job {jid[:8]}"
     prev_digest = None
+    try:
+        forgotten = history.forgotten()  # pruned: their data may be gone, by design
+    except ReplicatorError as e:
+        report.problems.append(f"{label}: {e}")
+        forgotten = set()
     for seq in range(seqs[-1] + 1):
         if seq not in seqs:
             report.problems.append(f"{label}: snapshot {seq} is missing (snapshots/{jid}/{seq:010d})")
@@ -106,12 +112,25 @@ def _check_chain(vault: Vault, jid: str, seqs: list[int], only_job: str | None, 
         report.jobs[root.job] = report.jobs.get(root.job, 0) + 1
         for page in root.pages + root.held:
             refs.add(page)
+        if forgotten:
+            continue  # references are worked out below, over versions
         try:
             for entry in itertools.chain(history.entries(root), history.held_entries(root)):
                 for ref in entry.chunks:
                     refs.add(ref)
         except ReplicatorError as e:
             report.problems.append(f"{label}: snapshot {seq}: manifest page unreadable: {e}")
+    if forgotten:
+        with tempfile.TemporaryDirectory(prefix="replicator-versions-") as tmp:
+            table = VersionTable(Path(tmp) / "versions.db")
+            try:
+                table.add_job(history, forgotten)
+                for ref in table.referenced():
+                    refs.add(ref)
+            except ReplicatorError as e:
+                report.problems.append(f"{label}: manifest unreadable: {e}")
+            finally:
+                table.close()
 
 
 def _check_blobs(vault: Vault, refs: "_RefTable", report: VerifyReport, deep: bool, sample: float | None,

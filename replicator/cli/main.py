@@ -7,12 +7,13 @@ import logging
 import sys
 
 from replicator import __version__
-from replicator.cli import approve, check_config, daemon, init, key, ls, restore, run, snapshots, status, verify
+from replicator.cli import (approve, check_config, daemon, init, key, ls, prune, restore, run, snapshots, status,
+                            verify)
 from replicator.cli.context import Context
 from replicator.errors import EXIT_FATAL, ReplicatorError
 from replicator.redact import redact
 
-COMMANDS = [init, run, daemon, snapshots, ls, restore, verify, status, approve, key, check_config]
+COMMANDS = [init, run, daemon, snapshots, ls, restore, verify, status, approve, key, prune, check_config]
 
 DESCRIPTION = """\
 Replicate buckets into an encrypted, append-only vault at another provider,

@@ -22,7 +22,7 @@ def run(args, ctx) -> int:
         if args.job and name != args.job:
             continue
         h = History(vault, jid, vault.snapshot_seqs()[jid])
-        for r in h.roots():
+        for r in h.visible_roots():
             rows.append({"job": r.job, "seq": r.seq, "time": r.started, "finished": r.finished,
                          "kind": "checkpoint" if r.checkpoint else "delta", **r.stats})
     lines = [f"{'JOB':<20} {'SNAP':>5} {'TIME':<21} {'LIVE':>8} {'CHANGED':>8} {'GONE':>6} {'COPIED':>10}"]

@@ -6,6 +6,7 @@ import errno
 import os
 import stat as statmod
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -87,6 +88,15 @@ class LocalStore:
                     yield name, os.stat(os.path.join(dirpath, f)).st_size
                 except FileNotFoundError:
                     continue
+
+    def list_times(self, prefix: str = "") -> Iterator[tuple[str, int, datetime]]:
+        """(name, size, write time) for prune: the file's mtime, as this filesystem's clock set it."""
+        for name, size in self.list(prefix):
+            try:
+                t = os.stat(self.root / name).st_mtime
+            except FileNotFoundError:
+                continue
+            yield name, size, datetime.fromtimestamp(t, timezone.utc)
 
     def delete(self, name: str) -> None:
         try:

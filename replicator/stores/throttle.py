@@ -106,6 +106,9 @@ class ThrottledStore:
     def delete(self, name: str) -> None:
         self.inner.delete(name)
 
+    def list_times(self, prefix: str = ""):
+        return self.inner.list_times(prefix)
+
     def exists(self) -> bool:
         return self.inner.exists()
 
