@@ -36,6 +36,14 @@ CREATE TABLE IF NOT EXISTS listing(job TEXT, key TEXT, size INTEGER, mtime TEXT,
 CREATE TABLE IF NOT EXISTS chunks(id TEXT PRIMARY KEY, ref TEXT) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS runs(job TEXT, started TEXT, finished TEXT, ok INTEGER, error TEXT,
     copied INTEGER, bytes INTEGER, tombstones INTEGER);
+-- [vault.immutability]: vault objects referenced by snapshots and how long the provider protects
+-- them (unix time; NULL = not yet read back). Only objects near the end are touched (immutability.py).
+CREATE TABLE IF NOT EXISTS retention(name TEXT PRIMARY KEY, until REAL) WITHOUT ROWID;
+-- issue 10: the checksum the vault provider reported for each object when it was written (origin 'put')
+-- or first listed by verify (origin 'listing', trust on first use); unix time recorded
+CREATE TABLE IF NOT EXISTS checksums(name TEXT PRIMARY KEY, checksum TEXT, recorded REAL, origin TEXT) WITHOUT ROWID;
+-- issue 10: deep-verify coverage of referenced blobs: first seen (unix time) and last read in full (NULL: never)
+CREATE TABLE IF NOT EXISTS coverage(blob TEXT PRIMARY KEY, first_seen REAL, verified REAL) WITHOUT ROWID;
 """
 
 
@@ -72,7 +80,8 @@ class Catalogue:
         if row and row[0] == vault_id:
             return
         with self.transaction():
-            for t in ("snapshots", "entries", "pending", "listing", "chunks", "runs", "meta"):
+            for t in ("snapshots", "entries", "pending", "listing", "chunks", "runs", "meta", "retention",
+                      "checksums", "coverage"):
                 self.db.execute(f"DELETE FROM {t}")
             self.db.execute("INSERT INTO meta VALUES('vault_id', ?)", (vault_id,))
 
@@ -246,6 +255,89 @@ class Catalogue:
     def meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT v FROM meta WHERE k=?", (key,)).fetchone()
         return row[0] if row else None
+
+    # -- retention of vault objects ([vault.immutability]) -----------------------------------
+
+    def track_retention(self, names: Iterable[str]) -> None:
+        """Vault objects that must stay protected; ones already known keep their `until`."""
+        with self.transaction():
+            self.db.executemany("INSERT OR IGNORE INTO retention VALUES(?, NULL)", ((n,) for n in names))
+
+    def replace_retention(self, names: Iterable[str]) -> None:
+        """Track exactly `names` (repeats allowed): others are dropped, known ones keep their `until`."""
+        with self.transaction():
+            self.db.execute("CREATE TEMP TABLE IF NOT EXISTS retention_keep(name TEXT PRIMARY KEY) WITHOUT ROWID")
+            self.db.execute("DELETE FROM retention_keep")
+            self.db.executemany("INSERT OR IGNORE INTO retention_keep VALUES(?)", ((n,) for n in names))
+            self.db.execute("DELETE FROM retention WHERE name NOT IN (SELECT name FROM retention_keep)")
+            self.db.execute("INSERT OR IGNORE INTO retention SELECT name, NULL FROM retention_keep")
+            self.db.execute("DELETE FROM retention_keep")
+
+    def retention_due(self, before: float, after: str = "", limit: int = 10000) -> list[str]:
+        """Tracked objects whose protection is unknown or ends before `before` (unix time), by name after `after`."""
+        return [r[0] for r in self.db.execute(
+            "SELECT name FROM retention WHERE (until IS NULL OR until < ?) AND name > ? ORDER BY name LIMIT ?",
+            (before, after, limit))]
+
+    def set_retention(self, items: Iterable[tuple[str, float]]) -> None:
+        with self.transaction():
+            self.db.executemany("UPDATE retention SET until=? WHERE name=?", ((u, n) for n, u in items))
+
+    def retention_summary(self) -> tuple[int, float | None]:
+        """(objects tracked, earliest end of protection among them)."""
+        return tuple(self.db.execute("SELECT count(*), min(until) FROM retention").fetchone())
+
+    # -- provider checksums and verify coverage (issue 10; coverage.py, verify.py) ----------------
+
+    def record_checksums(self, items: Iterable[tuple[str, str, float]], origin: str = "put") -> None:
+        """(store object name, provider checksum, unix time). What a put just wrote replaces an older record
+        (a name written again after prune removed it); what a listing adopts never does."""
+        verb = "REPLACE" if origin == "put" else "IGNORE"
+        self.db.executemany(f"INSERT OR {verb} INTO checksums VALUES(?,?,?,?)", ((n, c, t, origin) for n, c, t in items))
+
+    def checksums(self, prefix: str = "") -> Iterator[tuple[str, str, float, str]]:
+        """(name, checksum, recorded, origin) of recorded objects whose name starts with prefix."""
+        yield from self.db.execute("SELECT name, checksum, recorded, origin FROM checksums WHERE substr(name,1,?)=?",
+                                   (len(prefix), prefix))
+
+    def coverage_rows(self) -> Iterator[tuple[str, float, float | None]]:
+        """(blob, first seen, last verified or None) of every tracked blob."""
+        yield from self.db.execute("SELECT blob, first_seen, verified FROM coverage")
+
+    def sync_coverage(self, blobs: Iterable[str], now: float, forget_others: bool) -> None:
+        """Track these referenced blobs (new ones: first seen when their checksum was recorded at write
+        time, else now); with forget_others, blobs no longer referenced are dropped."""
+        with self.transaction():
+            self.db.execute("CREATE TEMP TABLE IF NOT EXISTS cov_seen(blob TEXT PRIMARY KEY) WITHOUT ROWID")
+            self.db.execute("DELETE FROM cov_seen")
+            self.db.executemany("INSERT OR IGNORE INTO cov_seen VALUES(?)", ((b,) for b in blobs))
+            self.db.execute("""INSERT OR IGNORE INTO coverage SELECT s.blob, coalesce((SELECT c.recorded FROM checksums c
+                                 WHERE c.name = 'data/' || substr(s.blob, 1, 2) || '/' || s.blob), :now), NULL
+                               FROM cov_seen s""", {"now": now})
+            if forget_others:
+                self.db.execute("DELETE FROM coverage WHERE blob NOT IN (SELECT blob FROM cov_seen)")
+            self.db.execute("DELETE FROM cov_seen")
+
+    def mark_verified(self, blobs: Iterable[str], when: float) -> None:
+        with self.transaction():
+            self.db.executemany("UPDATE coverage SET verified=? WHERE blob=?", ((when, b) for b in blobs))
+
+    def coverage_summary(self, since: float) -> tuple[int, int, int, float | None]:
+        """(tracked blobs, read in full since `since`, never read, oldest of last-read-or-first-seen)."""
+        return tuple(self.db.execute(
+            "SELECT count(*), coalesce(sum(verified >= ?), 0), coalesce(sum(verified IS NULL), 0), "
+            "min(coalesce(verified, first_seen)) FROM coverage", (since,)).fetchone())
+
+    # -- imported history (issue 10; history_import.py) -------------------------------------------
+
+    def snapshot_started(self, job: str, seq: int) -> str | None:
+        row = self.db.execute("SELECT started FROM snapshots WHERE job=? AND seq=?", (job, seq)).fetchone()
+        return row[0] if row else None
+
+    def entry(self, job: str, key: str) -> Entry | None:
+        row = self.db.execute("SELECT key, size, mtime, etag, version, chunks FROM entries WHERE job=? AND key=?",
+                              (job, key)).fetchone()
+        return _entry(row) if row else None
 
     def last_runs(self, job: str) -> dict:
         out = {}

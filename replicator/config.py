@@ -58,6 +58,7 @@ class JobConfig:
     repositories: tuple[str, ...] = ()  # git jobs: repository URLs captured besides those under `source`
     safety: Safety = field(default_factory=Safety)
     retention: Policy = field(default_factory=Policy)
+    history: str = "current"  # "all": also import the source's versions (S3 versioning, GCS generations)
 
 
 @dataclass(frozen=True)
@@ -192,9 +193,10 @@ def _job(t: "_Reader") -> JobConfig:
         raise ConfigError(t.key("schedule"), str(e)) from None
     include = t.globs("include", default=("**",))
     exclude = t.globs("exclude", default=())
+    history = _history(t, kind, source)
     job = JobConfig(name=name, source=source, kind=kind, schedule=schedule, include=include,
                     exclude=exclude, source_options=t.options("source_options"), repositories=repositories,
-                    safety=_safety(t.table("safety")), retention=_retention(t.table("retention")))
+                    safety=_safety(t.table("safety")), retention=_retention(t.table("retention")), history=history)
     t.done()
     return job
 
@@ -213,6 +215,23 @@ def _retention(t: "_Reader") -> Policy:
     policy = Policy(keep_within=duration("keep_within", None), min_age=duration("min_age", Policy().min_age), **counts)
     t.done()
     return policy
+
+
+HISTORY_MODES = ("current", "all")
+HISTORY_SCHEMES = ("s3", "s3a", "gs", "gcs")
+
+
+def _history(t: "_Reader", kind: str, source: str) -> str:
+    """`history`: "current" (default) or "all" (import the source's versions; S3 and GCS sources)."""
+    history = t.string("history", default="current")
+    if history not in HISTORY_MODES:
+        raise ConfigError(t.key("history"), f'must be "current" or "all", got {history!r}')
+    if history == "all":
+        scheme = source.split("://", 1)[0].lower() if "://" in source else ""
+        if kind != "objects" or scheme not in HISTORY_SCHEMES:
+            raise ConfigError(t.key("history"), '"all" needs an objects job whose source is s3:// or gs:// '
+                                                f"(a bucket with versioning), got {source or kind!r}")
+    return history
 
 
 def _safety(t: "_Reader") -> Safety:

@@ -8,6 +8,8 @@
 - SIGHUP: reload the config; a bad one is rejected and the old one keeps running.
 - systemd: READY=1 when scheduled, WATCHDOG=1 while the main loop is alive, STATUS= lines.
 - Metrics at http://[metrics].listen/metrics, and nothing else there.
+- Daily: the immutability probe (replicator_vault_protected) and, with [vault.immutability],
+  retention extension for what live snapshots reference (replicator/immutability.py).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from replicator import __version__, metrics, systemd
 from replicator.catalogue import Catalogue
 from replicator.config import Config, JobConfig
 from replicator.errors import ReplicatorError
+from replicator.immutability import last_probe, maintain, observe_probe
 from replicator.lock import StateLock
 from replicator.redact import redact
 from replicator.runs import observe_catalogue, run_one
@@ -37,6 +40,8 @@ from replicator.vault.vault import Vault
 
 log = logging.getLogger("replicator.daemon")
 MAX_JITTER = 60.0
+MAINTENANCE = "@vault-maintenance"  # not a valid job name, so it cannot collide with one
+MAINTENANCE_EVERY = timedelta(days=1)
 
 
 def trigger_for(schedule: str):
@@ -156,10 +161,36 @@ class Daemon:
                     kwargs["next_run_time"] = now + timedelta(seconds=1)  # missed while down: run once now
                 self.scheduler.add_job(self._run, trigger_for(job.schedule), args=[job.name], id=job.name,
                                        name=job.name, replace_existing=True, **kwargs)
+            self._schedule_maintenance(cat, now)
         finally:
             cat.close()
 
+    def _schedule_maintenance(self, cat: Catalogue, now: datetime) -> None:
+        """Daily: the immutability probe and, with [vault.immutability], retention extension. A day after
+        the last probe (also one `replicator verify` made), or a minute after start if that is overdue."""
+        last = last_probe(cat)
+        observe_probe(last)
+        due = datetime.fromtimestamp(last["time"], timezone.utc) + MAINTENANCE_EVERY if last else now
+        self.scheduler.add_job(self._maintain, IntervalTrigger(seconds=MAINTENANCE_EVERY.total_seconds(), jitter=600,
+                                                               timezone=timezone.utc),
+                               id=MAINTENANCE, name=MAINTENANCE, replace_existing=True,
+                               next_run_time=max(due, now + timedelta(seconds=60)))
+
+    def _maintain(self) -> None:
+        if self.stop.is_set():
+            return
+        with self._lock:
+            cfg, vault = self.config, self.vault
+        try:
+            maintain(cfg, vault)
+        except ReplicatorError as e:
+            log.error("vault maintenance failed: %s", redact(str(e)))
+        except Exception:
+            log.exception("vault maintenance: unexpected failure")
+
     def _skipped(self, event) -> None:
+        if event.job_id == MAINTENANCE:
+            return
         metrics.JOB_RUNS.labels(event.job_id, "skipped_overlap").inc()
         log.warning("job %s: a run is still going; this scheduled run is skipped", event.job_id)
 
@@ -195,7 +226,7 @@ class Daemon:
         nexts = []
         cat = None
         for j in jobs:
-            if j.next_run_time:
+            if j.next_run_time and j.id != MAINTENANCE:
                 metrics.JOB_NEXT_RUN.labels(j.id).set(j.next_run_time.timestamp())
                 nexts.append((j.next_run_time, j.id))
         if self._running:

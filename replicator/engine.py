@@ -54,6 +54,7 @@ class RunStats:
     held: int = 0  # changes held back by the breaker
     dry_run: bool = False
     seconds: float = 0.0
+    history: dict | None = None  # issue 10, history = "all": versions imported from the source (history_import.py)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -105,6 +106,12 @@ def run_job(vault: Vault, cat: Catalogue, job: JobConfig, source: Source, *, dry
     started = datetime.now(timezone.utc)
     stats.started = format_time_precise(started)
     sync_job(vault, cat, job.name)
+    if getattr(job, "history", "current") == "all" and not dry_run:
+        # Issue 10: the source's own versions, written before this run, become snapshots before this
+        # run's one (history_import.py); the listing below then reads current versions by version id.
+        from replicator.history_import import import_history
+
+        import_history(vault, cat, job, source, started, stats, workers, stop)
 
     cat.start_listing(job.name)
     batch: list[SourceItem] = []
@@ -169,6 +176,7 @@ def _copy(vault: Vault, cat: Catalogue, job: str, source: Source, stats: RunStat
             for item, refs in pending_done:
                 cat.add_pending(job, item, refs)
                 cat.add_chunks(refs)
+            cat.record_checksums(vault.take_checksums())  # issue 10: provider checksums of the new blobs
         pending_done.clear()
 
     def collect(done) -> None:
@@ -238,6 +246,7 @@ def _write_snapshot(vault: Vault, cat: Catalogue, job: JobConfig, started: datet
             held=tuple(held_pages))
         digest = vault.write_snapshot(vault.job_id(job.name), root)
         cat.record_snapshot(job.name, seq, digest, root.started, root.finished, checkpoint, 0 if checkpoint else n_delta)
+        cat.record_checksums(vault.take_checksums())  # issue 10: pages and root
         cat.finish_run(job.name, keep_held=bool(stats.breaker))
         cat.set_meta(f"breaker:{job.name}", stats.breaker)
         if not stats.breaker:

@@ -33,6 +33,18 @@ class OptionalGauge:
         return [GaugeMetricFamily(self.name, self.documentation)]
 
 
+class AgeGauge(OptionalGauge):
+    """An OptionalGauge set to a unix time that reports how long ago that was, at each scrape (issue 10)."""
+
+    def collect(self):
+        import time
+
+        if self.value is not None:
+            family = GaugeMetricFamily(self.name, self.documentation)
+            family.add_metric([], max(0.0, time.time() - self.value))
+            yield family
+
+
 _J = ["job"]
 BUILD = Info("replicator_build", "Version of the running replicator", registry=REGISTRY)
 JOB_LAST_SUCCESS = Gauge("replicator_job_last_success_timestamp_seconds",
@@ -60,6 +72,7 @@ VERIFY_LAST = OptionalGauge("replicator_verify_last_timestamp_seconds", "Unix ti
 VERIFY_LAST_RESULT = OptionalGauge("replicator_verify_last_success", "1 if the last verify found no problem, else 0", registry=REGISTRY)
 VERIFY_PROBLEMS = OptionalGauge("replicator_verify_problems", "Problems found by the last verify", registry=REGISTRY)
 VERIFY_COVERAGE = OptionalGauge("replicator_verify_coverage_ratio", "Fraction of referenced blobs read by deep verify in the coverage window", registry=REGISTRY)
+VERIFY_OLDEST_UNVERIFIED = AgeGauge("replicator_verify_oldest_unverified_age_seconds", "Age of the oldest unverified byte: time since the referenced blob least recently read in full by deep verify was read (never read: first seen)", registry=REGISTRY)
 VAULT_PROTECTED = OptionalGauge("replicator_vault_protected", "1 if the immutability probe found the vault protected against our own credentials, 0 if not, absent if never probed", registry=REGISTRY)
 DAEMON_START = Gauge("replicator_daemon_start_timestamp_seconds", "Unix time the daemon started", registry=REGISTRY)
 CONFIG_RELOADS = Counter("replicator_config_reloads_total", "Config reloads by result (success, failure)", ["result"], registry=REGISTRY)

@@ -6,7 +6,7 @@ Safety rules, each one a guard against abuse by whoever holds the daemon's host:
   and is not used, so forged "new" snapshots cannot push real ones out of the policy.
 - Nothing younger than `min_age` (by the provider's clock) is forgotten or deleted, which
   also protects the blobs of a run in progress.
-- The latest snapshot is always kept. Snapshot roots and manifest pages are never deleted
+- The latest snapshot is always kept, and so is imported history (its times are claimed, not observed). Snapshot roots and manifest pages are never deleted
   (later deltas are built on them); a forgotten snapshot is hidden by an authenticated
   `forgotten/<job id>/<seq>` record and its data blobs become deletable.
 - Deleting needs credentials the daemon does not hold (`prune --credentials FILE`); a blob
@@ -60,7 +60,10 @@ def prune(vault: Vault, jobs: dict[str, Policy], dry_run: bool) -> PruneResult:
             forgotten = forgotten_seqs(vault, jid, history)
             policy = jobs.get(name, Policy())
             live = [(s, times[f"snapshots/{jid}/{s:010d}"]) for s in seqs if s not in forgotten]
-            kept = select_kept(monotonic(live), policy, now)
+            # Imported history (history = "all") carries times the client wrote, which the policy must
+            # not trust (a forged "old" snapshot could take a real one's place): it is kept as a whole.
+            imported = {s for s, _ in live if history.root(s)[0].stats.get("imported")}
+            kept = select_kept(monotonic([x for x in live if x[0] not in imported]), policy, now) | imported
             plan = PrunePlan(name, sorted(kept), sorted(s for s, _ in live if s not in kept))
             result.plans.append(plan)
             if not dry_run:

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from replicator import config as configmod
 from replicator import metrics, notify
 from replicator.catalogue import Catalogue
+from replicator.coverage import observe as observe_coverage
 from replicator.config import Config, JobConfig
 from replicator.engine import Progress, RunStats, run_job
 from replicator.errors import ReplicatorError, SourceError, StoreError, VaultError
@@ -144,6 +145,7 @@ def observe_catalogue(cat: Catalogue, job: str) -> None:
     probe = cat.meta("probe:last")  # written by replicator.immutability.run_probe
     if probe:
         metrics.VAULT_PROTECTED.set(1 if json.loads(probe).get("protected") else 0)
+    observe_coverage(cat)  # replicator_verify_coverage_ratio, replicator_verify_oldest_unverified_age_seconds
     last = cat.last_runs(job)["last_success"]
     if last:
         metrics.JOB_LAST_SUCCESS.labels(job).set(datetime.strptime(last, "%Y-%m-%dT%H:%M:%SZ")

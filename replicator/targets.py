@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import threading
+import unicodedata
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,11 +28,19 @@ def open_target(url: str, options: dict[str, Any]) -> "LocalTarget | FsspecTarge
 
 
 class LocalTarget:
-    """Writes each object to a temporary file and renames it into place; never outside the root."""
+    """Writes each object to a temporary file and renames it into place; never outside the root.
+
+    Keys the file system cannot hold are Unrepresentable (reported, not written): `..`, `.` or
+    empty segments, absolute keys, backslashes, NUL, names longer than the file system allows, a
+    key that is also another key's directory, and, where the file system folds case or Unicode
+    normalisation (macOS, Windows), a second key that folds to the name of one already written."""
 
     def __init__(self, root: str):
         self.root = Path(root).resolve()
         self.url = str(self.root)
+        self._fold = None  # how this file system folds names; probed at the first write
+        self._folded: dict[str, str] = {}  # folded name -> key written (only on folding file systems)
+        self._lock = threading.Lock()
 
     def path(self, key: str) -> Path:
         parts = key.split("/")
@@ -42,17 +53,63 @@ class LocalTarget:
 
     def write(self, key: str, chunks: Iterator[bytes]) -> None:
         p = self.path(key)
+        tmp = None
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
+            self._claim(key)
             tmp = p.parent / f".restore-{uuid.uuid4().hex}"
             with open(tmp, "wb") as f:
                 for c in chunks:
                     f.write(c)
             os.replace(tmp, p)
+            tmp = None
         except (NotADirectoryError, IsADirectoryError, FileExistsError):
             raise Unrepresentable(f"key {key!r} collides with another key's directory under {self.url}") from None
         except OSError as e:
+            if e.errno in (errno.ENAMETOOLONG, errno.EILSEQ):
+                raise Unrepresentable(f"key {key!r} cannot be a file name under {self.url}: {e.strerror}") from None
             raise StoreError(f"cannot write {p}: {e.strerror}") from None
+        finally:
+            if tmp is not None:  # whatever failed, no partial file is left behind
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+
+    def _claim(self, key: str) -> None:
+        """On a file system that folds names, refuse a key whose folded name another key holds."""
+        with self._lock:
+            if self._fold is None:
+                self._fold = _probe_folding(self.root)
+            if not self._fold:
+                return
+            folded = self._fold(key)
+            other = self._folded.setdefault(folded, key)
+        if other != key:
+            raise Unrepresentable(f"key {key!r} and key {other!r} are the same file name under {self.url} "
+                                  "(it ignores case or Unicode normalisation)")
+
+
+def _probe_folding(root: Path):
+    """A function folding keys as this file system folds names, or False if it keeps them all apart."""
+    probe = root / f".restore-probe-{uuid.uuid4().hex}"
+    probe.mkdir()
+    try:
+        (probe / "a\u00e9").touch()  # "aé" in NFC
+        case = (probe / "A\u00e9").exists()
+        norm = (probe / "ae\u0301").exists()  # the same in NFD
+    finally:
+        for f in probe.iterdir():
+            f.unlink()
+        probe.rmdir()
+    if not case and not norm:
+        return False
+
+    def fold(key: str) -> str:
+        key = unicodedata.normalize("NFC", key) if norm else key
+        return key.casefold() if case else key
+
+    return fold
 
 
 class FsspecTarget:
@@ -65,6 +122,8 @@ class FsspecTarget:
             raise StoreError(f"{url}: bad restore target: {redact(str(e))}") from None
         self.root = root.rstrip("/")
         self.url = url
+        proto = self.fs.protocol
+        self.protocol = proto[0] if isinstance(proto, (tuple, list)) else proto
         try:
             if not self.fs.exists(self.root):
                 self.fs.mkdir(self.root, create_parents=True)
@@ -72,7 +131,9 @@ class FsspecTarget:
             raise StoreError(f"{url}: cannot reach or create the target: {redact(str(e).splitlines()[0] if str(e) else type(e).__name__)}") from None
 
     def write(self, key: str, chunks: Iterator[bytes]) -> None:
-        if not key or key.endswith("/") or "//" in key:
+        # S3 keys are flat strings: `a//b`, `/x`, `../y` are ordinary keys there, written as they are.
+        flat = self.protocol in ("s3", "s3a")
+        if not key or key.endswith("/") or ("//" in key and not flat):
             raise Unrepresentable(f"key {key!r} cannot be written to {self.url}")
         try:
             # Parts of 8 MiB: memory per restoring worker stays small whatever the object size.

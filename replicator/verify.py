@@ -4,6 +4,12 @@ Shallow: every snapshot of every job present is there, authentic, and chained;
 every blob any snapshot references exists with its recorded size (one listing,
 no per-blob request); the catalogue's heads are not ahead of the vault (rollback).
 Deep: also download and decrypt every referenced blob and check each chunk's hash.
+
+Issue 10. Where the vault provider keeps checksums, the same listing also brings each blob's
+checksum, compared with the one the provider reported when it was written (catalogue): an object
+altered in place is caught without downloading it. `--sample PCT` (deep) reads the blobs least
+recently verified on this host first and records what it read (coverage.py); without a catalogue
+the sample is random.
 """
 
 from __future__ import annotations
@@ -13,14 +19,17 @@ import json
 import random
 import sqlite3
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from replicator import coverage
 from replicator.catalogue import Catalogue
 from replicator.errors import NotFound, ReplicatorError
 from replicator.history import History
 from replicator.references import VersionTable
+from replicator.stores.base import checksums_of
 from replicator.vault.format import ChunkRef, data_name
 from replicator.vault.vault import Vault
 
@@ -37,6 +46,11 @@ class VerifyReport:
     unreferenced_bytes: int = 0
     repositories_checked: int = 0  # git/svn repositories rebuilt by --deep
     deep: bool = False
+    # issue 10: provider checksums compared without downloading (None: the store offers none)
+    checksums_compared: int | None = None
+    checksums_adopted: int = 0  # first seen by this verify (written before checksums were recorded)
+    sample_mode: str | None = None  # "rotating" (least recently verified first) or "random" (no catalogue)
+    coverage: dict | None = None  # coverage.summary() after this verify
 
     @property
     def ok(self) -> bool:
@@ -71,7 +85,7 @@ def verify(vault: Vault, catalogue: Catalogue | None, configured_jobs: list[str]
                             report.problems.append(f"job {name!r}: snapshot {head[0]} differs from the one this host recorded (replaced)")
                     except ReplicatorError:
                         pass  # already reported by the chain check
-        _check_blobs(vault, refs, report, deep, sample, workers, only_job is None)
+        _check_blobs(vault, refs, report, deep, sample, workers, only_job is None, catalogue)
         refs.close()
         if deep and (sample is None or sample >= 100):  # git/svn captures: rebuilt with the real tools
             from replicator.repos import verify_repositories
@@ -134,8 +148,14 @@ def _check_chain(vault: Vault, jid: str, seqs: list[int], only_job: str | None, 
 
 
 def _check_blobs(vault: Vault, refs: "_RefTable", report: VerifyReport, deep: bool, sample: float | None,
-                 workers: int, count_unreferenced: bool) -> None:
-    refs.stored(vault.blobs())
+                 workers: int, count_unreferenced: bool, catalogue: Catalogue | None = None) -> None:
+    now = time.time()
+    layer = checksums_of(vault.store)
+    if layer is None:
+        refs.stored(vault.blobs())
+    else:  # one listing: sizes and the provider's checksums
+        refs.stored((name.rsplit("/", 1)[-1], size, checksum) for name, size, checksum in layer.list_checksums("data/")
+                    if name == data_name(name.rsplit("/", 1)[-1]))
     report.blobs_referenced = refs.blob_count()
     for blob, want, have in refs.blob_sizes():
         if have is None:
@@ -144,12 +164,28 @@ def _check_blobs(vault: Vault, refs: "_RefTable", report: VerifyReport, deep: bo
             report.problems.append(f"blob {data_name(blob)} is {have} bytes, expected {want} (truncated or altered)")
     if count_unreferenced:
         report.unreferenced_blobs, report.unreferenced_bytes = refs.unreferenced()
+    if layer is not None and catalogue is not None:
+        _check_checksums(refs, catalogue, report, now)
+    elif layer is not None:
+        report.checksums_compared = 0  # nothing recorded to compare with on this host
+    if catalogue is not None:
+        catalogue.sync_coverage(refs.referenced_blobs(), now, forget_others=count_unreferenced)
     if not deep:
+        if catalogue is not None:
+            report.coverage = coverage.summary(catalogue, now)
         return
-    blobs = [b for b, want, have in refs.blob_sizes() if have == want]
     if sample is not None and sample < 100:
-        k = max(1, round(len(blobs) * sample / 100)) if blobs else 0
-        blobs = random.sample(blobs, k)
+        eligible = refs.eligible_count()
+        k = coverage.sample_size(eligible, sample)
+        if catalogue is not None:
+            report.sample_mode = "rotating"
+            refs.coverage(catalogue.coverage_rows())
+            blobs = refs.least_recently_verified(k)
+        else:
+            report.sample_mode = "random"
+            blobs = random.sample([b for b, want, have in refs.blob_sizes() if have == want], k)
+    else:
+        blobs = [b for b, want, have in refs.blob_sizes() if have == want]
 
     def check(blob: str) -> tuple[int, list[str]]:
         problems, n = [], 0
@@ -163,11 +199,38 @@ def _check_blobs(vault: Vault, refs: "_RefTable", report: VerifyReport, deep: bo
                 return n, [str(e)]
         return n, problems
 
+    proven: list[str] = []
     with ThreadPoolExecutor(workers) as pool:
-        for n, problems in pool.map(check, blobs):
+        for blob, (n, problems) in zip(blobs, pool.map(check, blobs)):
             report.blobs_read += 1
             report.chunks_checked += n
             report.problems.extend(problems)
+            if not problems:
+                proven.append(blob)
+            if catalogue is not None and len(proven) >= 1000:  # progress survives an interrupted verify
+                catalogue.mark_verified(proven, now)
+                proven = []
+    if catalogue is not None:
+        catalogue.mark_verified(proven, now)
+        report.coverage = coverage.summary(catalogue, now)
+
+
+def _check_checksums(refs: "_RefTable", catalogue: Catalogue, report: VerifyReport, now: float) -> None:
+    """Compare what the provider reports now with what it reported when each blob was written."""
+    refs.recorded((name.rsplit("/", 1)[-1], checksum, origin) for name, checksum, _, origin in catalogue.checksums("data/"))
+    report.checksums_compared = 0
+    for blob, then, now_sum, origin in refs.checksum_pairs():
+        report.checksums_compared += 1
+        if then != now_sum:
+            # Another kind of checksum (an MD5 ETag become a multipart one) also means a new object.
+            when = "when it was written" if origin == "put" else "when verify first listed it"
+            report.problems.append(f"blob {data_name(blob)}: the provider now reports checksum {now_sum}, but {then} "
+                                   f"{when} (altered in place)")
+    adopted = refs.unrecorded_referenced()
+    with catalogue.transaction():
+        catalogue.record_checksums(((data_name(b), c, now) for b, c in adopted), origin="listing")
+    report.checksums_adopted = len(adopted)
+
 
 
 class _RefTable:
@@ -177,13 +240,51 @@ class _RefTable:
         self.db = sqlite3.connect(path, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=OFF")
         self.db.execute("CREATE TABLE refs(blob TEXT, blob_size INTEGER, ref TEXT, PRIMARY KEY(blob, ref)) WITHOUT ROWID")
-        self.db.execute("CREATE TABLE stored(blob TEXT PRIMARY KEY, size INTEGER) WITHOUT ROWID")
+        self.db.execute("CREATE TABLE stored(blob TEXT PRIMARY KEY, size INTEGER, checksum TEXT) WITHOUT ROWID")
+        self.db.execute("CREATE TABLE recorded(blob TEXT PRIMARY KEY, checksum TEXT, origin TEXT) WITHOUT ROWID")
+        self.db.execute("CREATE TABLE cov(blob TEXT PRIMARY KEY, first_seen REAL, verified REAL) WITHOUT ROWID")
 
     def add(self, ref: ChunkRef) -> None:
         self.db.execute("INSERT OR IGNORE INTO refs VALUES(?,?,?)", (ref.blob, ref.blob_size, json.dumps(ref.to_json())))
 
     def stored(self, blobs) -> None:
-        self.db.executemany("INSERT OR REPLACE INTO stored VALUES(?,?)", blobs)
+        """(blob, size) or (blob, size, provider checksum) of every stored blob."""
+        self.db.executemany("INSERT OR REPLACE INTO stored VALUES(?,?,?)", (tuple(b) + (None,) * (3 - len(b)) for b in blobs))
+
+    # -- issue 10: checksums and coverage ------------------------------------------------------
+
+    def recorded(self, rows) -> None:
+        self.db.executemany("INSERT OR REPLACE INTO recorded VALUES(?,?,?)", rows)
+
+    def checksum_pairs(self):
+        """(blob, recorded checksum, checksum the provider lists now, origin) where both exist."""
+        return self.db.execute("SELECT s.blob, r.checksum, s.checksum, r.origin FROM stored s JOIN recorded r "
+                               "ON r.blob = s.blob WHERE s.checksum IS NOT NULL ORDER BY s.blob")
+
+    def unrecorded_referenced(self) -> list[tuple[str, str]]:
+        """(blob, checksum now) of referenced blobs of the right size that have no recorded checksum."""
+        return self.db.execute(
+            "SELECT s.blob, s.checksum FROM stored s JOIN (SELECT DISTINCT blob, blob_size FROM refs) r "
+            "ON r.blob = s.blob AND r.blob_size = s.size WHERE s.checksum IS NOT NULL "
+            "AND NOT EXISTS (SELECT 1 FROM recorded c WHERE c.blob = s.blob)").fetchall()
+
+    def referenced_blobs(self):
+        return (row[0] for row in self.db.execute("SELECT DISTINCT blob FROM refs"))
+
+    def eligible_count(self) -> int:
+        """Referenced blobs present with their recorded size (the ones deep verify reads)."""
+        return self.db.execute("SELECT count(*) FROM (SELECT DISTINCT blob, blob_size FROM refs) r "
+                               "JOIN stored s ON s.blob = r.blob AND s.size = r.blob_size").fetchone()[0]
+
+    def coverage(self, rows) -> None:
+        self.db.executemany("INSERT OR REPLACE INTO cov VALUES(?,?,?)", rows)
+
+    def least_recently_verified(self, k: int) -> list[str]:
+        """k eligible blobs: never verified first (oldest first seen first), then least recently verified."""
+        return [row[0] for row in self.db.execute(
+            "SELECT r.blob FROM (SELECT DISTINCT blob, blob_size FROM refs) r JOIN stored s ON s.blob = r.blob "
+            "AND s.size = r.blob_size LEFT JOIN cov c ON c.blob = r.blob "
+            "ORDER BY c.verified IS NOT NULL, c.verified, c.first_seen, r.blob LIMIT ?", (k,))]
 
     def blob_count(self) -> int:
         return self.db.execute("SELECT count(DISTINCT blob) FROM refs").fetchone()[0]

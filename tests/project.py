@@ -25,6 +25,16 @@ def toml_value(v) -> str:
     return json.dumps(str(v))
 
 
+# Every CLI output of this test session, for the secrets scan (tests/secrets_scan.py): the project's
+# directory, the text, and the key files and environment the project had at that moment.
+CAPTURED: list[tuple[Path, str, str, dict]] = []
+
+
+def _record(p: "Project", *texts: str) -> None:
+    keys = "".join(f.read_text(errors="replace") for f in p.dir.glob("*.key") if f.is_file())
+    CAPTURED.append((p.dir, "\n".join(t for t in texts if t), keys, dict(p.env)))
+
+
 @dataclass
 class Project:
     dir: Path
@@ -53,6 +63,7 @@ class Project:
         env = {**os.environ, **self.env}
         p = subprocess.run([sys.executable, "-m", "replicator", "--config", str(self.config), *args],
                            capture_output=True, text=True, env=env, timeout=timeout, cwd=self.dir)
+        _record(self, p.stdout, p.stderr)
         if check is not None:
             assert p.returncode == check, f"exit {p.returncode} (wanted {check}) for {args}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
         return p
@@ -66,13 +77,16 @@ class Project:
         proc = subprocess.Popen([sys.executable, "-m", "replicator", "--config", str(self.config), *args],
                                 stdout=out, stderr=err, text=True, env=env, cwd=self.dir)
         proc.stderr_path = self.dir / f"popen-{n}.err"
+        proc.project = self
         return proc
 
     @staticmethod
     def finish(proc: subprocess.Popen, timeout: float = 60) -> str:
         """Wait for a background CLI; its stderr text."""
         proc.wait(timeout=timeout)
-        return proc.stderr_path.read_text()
+        err = proc.stderr_path.read_text()
+        _record(proc.project, proc.stderr_path.with_suffix(".out").read_text(), err)
+        return err
 
     def json(self, *args: str, check: int | None = 0):
         return json.loads(self.cli(*args, "--json", check=check).stdout)

@@ -170,6 +170,8 @@ def exported_names() -> set[str]:
     names = set()
     for family in metrics.REGISTRY.collect():
         names.update(family.name + s for s in suffixes[family.type])
+    # Gauges that are absent until first measured (metrics.OptionalGauge) still describe themselves.
+    names.update(n for n in metrics.REGISTRY._names_to_collectors if n.startswith("replicator_"))
     return names
 
 

@@ -19,9 +19,13 @@ import pytest
 import servers
 from replicator.errors import AlreadyExists, NotFound, StoreError
 from replicator.stores import open_store
+from replicator.stores.libcloud_store import LibcloudStore
 from replicator.stores.local import LocalStore
 
-BACKENDS = ["local", "s3", "gcs", "azure", "sftp"]
+# libcloud-*: the apache-libcloud adapter (libcloud://PROVIDER/...), S3 driver on moto, Azure Blobs on Azurite.
+BACKENDS = ["local", "s3", "gcs", "azure", "sftp", "libcloud-s3", "libcloud-azure"]
+# The bandwidth wrapper (stores/throttle.py) is a Store too: run it over a local directory.
+STORES = BACKENDS + ["local-throttled"]
 
 
 def _unique() -> str:
@@ -29,39 +33,53 @@ def _unique() -> str:
     return f"conf-{uuid.uuid4().hex}"
 
 
-def _local(request, tmp_path: Path):
-    return open_store(str(tmp_path / "vault"))
+def _target(backend: str, request, tmp_path: Path) -> tuple[str, dict]:
+    """(url, options) for a fresh, not yet created store on `backend`."""
+    if backend in ("local", "local-throttled"):
+        return str(tmp_path / "vault"), {}
+    if backend.startswith("libcloud-"):
+        return _libcloud_target(backend, request)
+    server = request.getfixturevalue(f"{backend}_server")
+    if backend == "s3":
+        return f"s3://{_unique()}/vault", server.fsspec_options()
+    if backend == "gcs":
+        return f"gs://{_unique()}/vault", server.fsspec_options()
+    if backend == "azure":
+        return f"az://{_unique()}/vault", {"connection_string": server.connection_string}
+    if backend == "sftp":
+        # host, port and username come from the URL; keys and known_hosts from the options.
+        options = {k: v for k, v in server.fsspec_options().items() if k not in ("host", "port", "username")}
+        return f"sftp://{server.username}@{server.host}:{server.port}{server.root}/{_unique()}", options
+    raise AssertionError(backend)
 
 
-def _s3(request, tmp_path: Path):
-    server = request.getfixturevalue("s3_server")
-    return open_store(f"s3://{_unique()}/vault", server.fsspec_options())
+def _libcloud_target(backend: str, request) -> tuple[str, dict]:
+    """Driver options: host/port/secure point the driver at the local server (TEST-SERVERS.md)."""
+    from urllib.parse import urlparse
+
+    if backend == "libcloud-s3":
+        endpoint = urlparse(request.getfixturevalue("s3_server").endpoint_url)
+        return f"libcloud://s3/{_unique()}/vault", {
+            "key": "testing", "secret": "testing", "host": endpoint.hostname, "port": endpoint.port, "secure": False}
+    if backend == "libcloud-azure":  # a custom host switches the driver to account-prefixed paths, as Azurite wants
+        endpoint = urlparse(request.getfixturevalue("azure_server").endpoint_url)
+        return f"libcloud://azure_blobs/{_unique()}/vault", {
+            "key": servers.AZURITE_ACCOUNT, "secret": servers.AZURITE_KEY,
+            "host": endpoint.hostname, "port": endpoint.port, "secure": False}
+    raise AssertionError(backend)
 
 
-def _gcs(request, tmp_path: Path):
-    server = request.getfixturevalue("gcs_server")
-    return open_store(f"gs://{_unique()}/vault", server.fsspec_options())
+@pytest.fixture(params=STORES)
+def target(request, tmp_path):
+    url, options = _target(request.param, request, tmp_path)
+    return url, options, ("1GiB/s" if request.param == "local-throttled" else None)
 
 
-def _azure(request, tmp_path: Path):
-    server = request.getfixturevalue("azure_server")
-    return open_store(f"az://{_unique()}/vault", {"connection_string": server.connection_string})
-
-
-def _sftp(request, tmp_path: Path):
-    server = request.getfixturevalue("sftp_server")
-    # host, port and username come from the URL; keys and known_hosts from options.
-    options = {k: v for k, v in server.fsspec_options().items() if k not in ("host", "port", "username")}
-    return open_store(f"sftp://{server.username}@{server.host}:{server.port}{server.root}/{_unique()}", options)
-
-
-_FACTORIES = {"local": _local, "s3": _s3, "gcs": _gcs, "azure": _azure, "sftp": _sftp}
-
-
-@pytest.fixture(params=BACKENDS)
-def new_store(request, tmp_path):
+@pytest.fixture
+def new_store(target):
     """A store whose root has not been created yet."""
-    return _FACTORIES[request.param](request, tmp_path)
+    url, options, bandwidth = target
+    return open_store(url, options, bandwidth=bandwidth)
 
 
 @pytest.fixture
@@ -71,17 +89,38 @@ def store(new_store):
     return new_store
 
 
+@pytest.fixture
+def other_writer(store, target):
+    """A second, independent handle on the same store, as another process would have."""
+    url, options, _ = target
+    if not isinstance(_inner(store), LocalStore):
+        options = {**options, "skip_instance_cache": True}  # a new filesystem object, with its own caches
+    return open_store(url, options)
+
+
+def _inner(store):
+    """The backend store under every wrapper."""
+    while hasattr(store, "inner"):
+        store = store.inner
+    return store
+
+
 def _listed(store, prefix: str = "") -> list[tuple[str, int]]:
     return sorted(store.list(prefix))
 
 
 def _raw_names(store) -> list[str]:
     """Everything physically under the store's root, bypassing list()'s filtering."""
+    store = _inner(store)
     if isinstance(store, LocalStore):
         return sorted(
             os.path.relpath(os.path.join(d, f), store.root).replace(os.sep, "/")
             for d, _, files in os.walk(store.root) for f in files
         )
+    if isinstance(store, LibcloudStore):  # straight from the driver's listing, past the adapter's list()
+        d, root = store.driver, store.prefix + "/"
+        return sorted(o.name[len(root):] for o in d.iterate_container_objects(d.get_container(store.container))
+                      if o.name.startswith(root))
     root = store.root + "/"
     return sorted(p[len(root):] for p in store.fs.find(store.root, refresh=True) if p.startswith(root))
 
@@ -110,6 +149,8 @@ def test_put_get_roundtrip(store, size):
     assert got == data
     assert store.stat("data/ab/obj") == size
     assert _listed(store) == [("data/ab/obj", size)]
+    if size > 2:  # a range over nearly all of it (SFTP and HTTP split big reads into many requests)
+        assert store.get("data/ab/obj", 1, size - 2) == data[1:-1]
 
 
 def test_read_after_write(store):
@@ -128,6 +169,30 @@ def test_read_after_write(store):
         assert _listed(store) == [(f"snapshots/j/{k:010d}", k) for k in range(1, i + 1)]
 
 
+def test_read_after_write_by_another_writer(store, other_writer):
+    """What one handle writes, another sees at once, even after it listed and looked the name up."""
+    assert _listed(store, "data/") == []
+    assert _listed(store) == []
+    with pytest.raises(NotFound):
+        store.stat("data/ab/x")
+    with pytest.raises(NotFound):
+        store.get("data/ab/x")
+    other_writer.put("data/ab/x", b"abc")
+    assert store.stat("data/ab/x") == 3
+    assert store.get("data/ab/x") == b"abc"
+    assert store.get("data/ab/x", 1, 1) == b"b"
+    assert _listed(store, "data/") == [("data/ab/x", 3)]
+    assert _listed(store) == [("data/ab/x", 3)]
+    with pytest.raises(AlreadyExists):
+        store.put("data/ab/x", b"other")
+    store.put("data/ab/y", b"yy")
+    assert _listed(other_writer, "data/ab/") == [("data/ab/x", 3), ("data/ab/y", 2)]
+    store.delete("data/ab/x")
+    with pytest.raises(NotFound):
+        other_writer.stat("data/ab/x")
+    assert _listed(other_writer) == [("data/ab/y", 2)]
+
+
 def test_ranged_reads(store):
     data = bytes(range(256)) * 40  # 10240 bytes, every offset distinguishable mod 256
     store.put("blob", data)
@@ -140,6 +205,12 @@ def test_ranged_reads(store):
     assert store.get("blob", 5000) == data[5000:]  # offset, no length: to the end
     assert store.get("blob", 0) == data
     assert store.get("blob", 17, 0) == b""  # zero length
+    assert store.get("blob", n + 100, 5) == b""  # offset past the end
+    store.put("empty", b"")
+    assert store.get("empty", 0, 10) == b""
+    assert store.get("empty", 0) == b""
+    with pytest.raises(NotFound):
+        store.get("missing", 0, 0)
 
 
 def test_stat_exact_size(store):
@@ -205,7 +276,9 @@ def test_list_prefixes(store):
         assert len(got) == count, prefix
 
 
-@pytest.mark.parametrize("prefix", ["nothing", "nothing/", "data/zz", "data/zz/", "data/ab/y", "snapshots/q/", "x/y/z/"])
+@pytest.mark.parametrize(
+    "prefix", ["nothing", "nothing/", "data/zz", "data/zz/", "data/ab/y", "snapshots/q/", "x/y/z/"]
+)
 def test_list_no_match_is_empty(store, prefix):
     for name, data in _TREE.items():
         store.put(name, data)
@@ -217,19 +290,27 @@ def test_list_empty_store(store):
     assert _listed(store, "data/") == []
 
 
-# Well past one listing page (S3 and GCS page at 1000 keys).
-_MANY = 1100
-
-
-def test_list_paginates(store):
-    names = [f"data/pp/{i:05d}" for i in range(_MANY)]
+# Listings come in pages: S3 returns at most 1000 keys per request, gcsfs asks GCS for 1000, and
+# OpenSSH answers a READDIR with at most 100 names. Azure pages at 5000: crossing that would take
+# 5001 puts (~12 s on Azurite), so Azure's paging is not exercised here; its listing is by the
+# same adlfs code path the other list tests cover.
+@pytest.mark.parametrize(
+    ("target", "count"),
+    [("local", 1100), ("s3", 1100), ("gcs", 1100), ("sftp", 250),
+     # libcloud's S3 driver pages at 1000 (marker); its Azure driver asks for 100 per page.
+     ("libcloud-s3", 1100), ("libcloud-azure", 250)],
+    indirect=["target"],
+)
+def test_list_paginates(store, count):
+    names = [f"data/pp/{i:05d}" for i in range(count)]
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda n: store.put(n, n[-5:].encode()), names))
     store.put("data/pq/other", b"o")
     got = _listed(store, "data/pp/")
-    assert len(got) == _MANY
+    assert len(got) == count
     assert got == [(n, 5) for n in names]
-    assert len(_listed(store, "data/")) == _MANY + 1
+    assert len(_listed(store, "data/")) == count + 1
+    assert len(_listed(store)) == count + 1
 
 
 # -- names -------------------------------------------------------------------------
@@ -271,8 +352,23 @@ _INVALID = [
 ]
 
 
+class _Tripwire:
+    """Stands in for a store's filesystem: any use at all is a failure."""
+
+    def __getattr__(self, attr):
+        raise AssertionError(f"the store was touched ({attr}) before the name was checked")
+
+
 @pytest.mark.parametrize("name", _INVALID, ids=[repr(n) for n in _INVALID])
-def test_invalid_names_rejected(store, name):
+def test_invalid_names_rejected(store, name, monkeypatch):
+    # Any access to the backend now fails (as a StoreError or NotFound, not a ValueError).
+    inner = _inner(store)
+    if isinstance(inner, LocalStore):
+        monkeypatch.setattr(inner, "root", Path("/dev/null/not-a-directory"))
+    elif isinstance(inner, LibcloudStore):  # every request goes through the thread's driver
+        monkeypatch.setattr(inner, "_driver", lambda: _Tripwire().driver)
+    else:
+        monkeypatch.setattr(inner, "fs", _Tripwire())
     with pytest.raises(ValueError):
         store.put(name, b"x")
     with pytest.raises(ValueError):
@@ -283,6 +379,7 @@ def test_invalid_names_rejected(store, name):
         store.stat(name)
     with pytest.raises(ValueError):
         store.delete(name)
+    monkeypatch.undo()
     assert _raw_names(store) == []
 
 
@@ -311,6 +408,32 @@ def test_concurrent_puts_one_wins(store):
     assert store.get("data/cc/contested") == payloads[winners[0]]
     assert _listed(store) == [("data/cc/contested", len(payloads[0]))]
     assert _raw_names(store) == ["data/cc/contested"]
+
+
+def test_reader_never_sees_a_partial_object(store):
+    data = os.urandom(8 * 1024 * 1024)
+    seen: list[object] = []
+    done = threading.Event()
+
+    def read():
+        while not done.is_set():
+            try:
+                size = store.stat("data/big/obj")
+                got = store.get("data/big/obj")
+            except NotFound:
+                seen.append(None)
+                continue
+            seen.append((size, got == data))
+            return
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    store.put("data/big/obj", data)
+    time.sleep(0.2)
+    done.set()
+    reader.join()
+    assert seen and all(s is None for s in seen[:-1])
+    assert seen[-1] == (len(data), True), seen[-1]
 
 
 def test_no_temporary_files_left(store):
@@ -344,65 +467,80 @@ def test_delete(store):
 # -- failures ---------------------------------------------------------------------------
 
 SECRET = "Zq7-DISTINCTIVE-s3cr3t-9f1e"  # must never show up in an error message
-# Azure account keys must be base64; this one decodes fine and contains the marker.
+# Azure account keys must be base64; this one decodes fine and is just as distinctive.
 AZ_SECRET = "RElTVElOQ1RJVkVzZWNyZXRLZXlGb3JUZXN0aW5nT25seQ=="
 
 
-def _closed_port() -> int:
-    return servers.free_port()  # nothing listens there once the probe socket closes
-
-
-def _unreachable(backend: str, tmp_path: Path):
-    """(store factory, secret) for a store whose endpoint is down / root unusable."""
-    port = _closed_port()
+def _unreachable(backend: str, tmp_path: Path) -> tuple[str, dict, str | None]:
+    """(url, options, secret in the options) for a store whose endpoint is down or root unusable."""
+    port = servers.free_port()  # nothing listens there once the probe socket is closed
     if backend == "local":
         blocker = tmp_path / "a-file"
         blocker.write_bytes(b"")
-        return (lambda: open_store(str(blocker / "vault"))), None
+        return str(blocker / "vault"), {}, None
     if backend == "s3":
-        opts = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "AKIDDISTINCTIVE", "secret": SECRET}
-        return (lambda: open_store(f"s3://{_unique()}/vault", opts)), SECRET
+        return f"s3://{_unique()}/vault", {
+            "endpoint_url": f"http://127.0.0.1:{port}", "key": "AKIDDISTINCTIVE", "secret": SECRET}, SECRET
     if backend == "gcs":
-        opts = {"endpoint_url": f"http://127.0.0.1:{port}", "token": SECRET, "project": "test"}
-        return (lambda: open_store(f"gs://{_unique()}/vault", opts)), SECRET
+        from google.oauth2.credentials import Credentials
+
+        return f"gs://{_unique()}/vault", {
+            "endpoint_url": f"http://127.0.0.1:{port}", "token": Credentials(token=SECRET), "project": "test"}, SECRET
     if backend == "azure":
         conn = (
             f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZ_SECRET};"
             f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
         )
-        return (lambda: open_store(f"az://{_unique()}/vault", {"connection_string": conn})), AZ_SECRET
+        return f"az://{_unique()}/vault", {"connection_string": conn}, AZ_SECRET
     if backend == "sftp":
-        opts = {"password": SECRET, "known_hosts": None}
-        return (lambda: open_store(f"sftp://nobody@127.0.0.1:{port}/tmp/{_unique()}", opts)), SECRET
+        return f"sftp://nobody@127.0.0.1:{port}/tmp/{_unique()}", {"password": SECRET, "known_hosts": None}, SECRET
+    if backend == "libcloud-s3":
+        return f"libcloud://s3/{_unique()}/vault", {
+            "key": "AKIDDISTINCTIVE", "secret": SECRET, "host": "127.0.0.1", "port": port, "secure": False}, SECRET
+    if backend == "libcloud-azure":
+        return f"libcloud://azure_blobs/{_unique()}/vault", {
+            "key": "devstoreaccount1", "secret": AZ_SECRET, "host": "127.0.0.1", "port": port, "secure": False}, AZ_SECRET
     raise AssertionError(backend)
 
 
-def _check_error(err: StoreError, secret: str | None) -> None:
+@pytest.fixture
+def fast_retries(monkeypatch):
+    """The provider libraries back off for 4-80 s per call before giving up on a dead endpoint;
+    keep their retry logic (and so their real error paths) but not the waiting."""
+    import asyncio
+
+    real_sleep = asyncio.sleep
+
+    async def no_wait(delay, result=None):
+        return await real_sleep(0, result)
+
+    monkeypatch.setattr(asyncio, "sleep", no_wait)
+
+
+def _check_error(what: str, err: StoreError, secret: str | None) -> None:
     text = str(err)
-    assert text.strip(), "empty message"
-    assert "\n" not in text, text
+    assert text.strip(), f"{what}: empty message"
+    assert "\n" not in text, f"{what}: {text}"
     if secret:
-        assert secret not in text, text
-        assert secret not in repr(err), repr(err)
-    # Not a provider exception dressed up: nothing chained that would print a provider traceback.
-    assert err.__cause__ is None
+        assert secret not in text, f"{what}: {text}"
+        assert secret not in repr(err), f"{what}: {err!r}"
+    # Raised `from None`: no provider exception chained on, to be printed as a traceback.
+    assert err.__cause__ is None and err.__suppress_context__, what
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_unreachable_gives_store_error(backend, tmp_path):
-    make, secret = _unreachable(backend, tmp_path)
+def test_unreachable_gives_store_error(backend, tmp_path, fast_retries):
+    url, options, secret = _unreachable(backend, tmp_path)
     t0 = time.monotonic()
     try:
-        store = make()  # some backends (SFTP) connect here
+        store = open_store(url, options)  # SFTP connects here
     except StoreError as e:
-        _check_error(e, secret)
+        assert backend == "sftp", f"{backend} should not connect before the first call"
+        _check_error("open_store", e, secret)
         return
     except Exception as e:  # noqa: BLE001  -- the point: nothing but StoreError may escape
-        pytest.fail(f"open_store raised a raw {type(e).__module__}.{type(e).__name__}: {e}")
-    calls = {
-        "create": lambda: store.create(),
-        "put": lambda: store.put("data/ab/x", b"x"),
-    }
+        pytest.fail(f"open_store: raw {type(e).__module__}.{type(e).__name__} escaped: {e}")
+    calls = {"create": lambda: store.create(), "put": lambda: store.put("data/ab/x", b"x")}
     if backend != "local":  # below a file, a local root is simply missing: reads find nothing
         calls.update({
             "exists": lambda: store.exists(),
@@ -416,28 +554,10 @@ def test_unreachable_gives_store_error(backend, tmp_path):
         try:
             result = call()
         except StoreError as e:
-            _check_error(e, secret)
+            assert not isinstance(e, (NotFound, AlreadyExists)), f"{what}: {type(e).__name__}: {e}"
+            _check_error(what, e, secret)
         except Exception as e:  # noqa: BLE001
             pytest.fail(f"{what}: raw {type(e).__module__}.{type(e).__name__} escaped: {e}")
         else:
             pytest.fail(f"{what}: returned {result!r} from an unreachable store")
-    assert time.monotonic() - t0 < 30
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_invalid_name_checked_before_touching_store(backend, tmp_path):
-    """ValueError (not a StoreError from a connection attempt) even when the endpoint is down."""
-    make, _ = _unreachable(backend, tmp_path)
-    try:
-        store = make()
-    except StoreError:
-        pytest.skip("this backend connects when opened; covered by test_invalid_names_rejected")
-    for name in ["../x", "/abs", "a//b", "a/./b", "a/", "a\x01b", ""]:
-        with pytest.raises(ValueError):
-            store.put(name, b"x")
-        with pytest.raises(ValueError):
-            store.get(name)
-        with pytest.raises(ValueError):
-            store.stat(name)
-        with pytest.raises(ValueError):
-            store.delete(name)
+    assert time.monotonic() - t0 < 20

@@ -28,7 +28,7 @@ class Context:
 
     def vault_store(self) -> Store:
         v = self.config.vault
-        return open_store(v.url, configmod.resolve_secrets(v.options, "vault.options"), v.bandwidth)
+        return open_store(v.url, configmod.resolve_secrets(v.options, "vault.options"), v.bandwidth, v.immutability)
 
     def open_vault(self, key_path: str | None = None) -> Vault:
         from pathlib import Path

@@ -23,7 +23,7 @@ def run(args, ctx) -> int:
 
     def open_vault(cfg) -> Vault:
         store = open_store(cfg.vault.url, configmod.resolve_secrets(cfg.vault.options, "vault.options"),
-                           cfg.vault.bandwidth)
+                           cfg.vault.bandwidth, cfg.vault.immutability)
         return Vault.open(store, load_key_file(cfg.vault.key_file))
 
     return Daemon(lambda: configmod.load(path), open_vault).serve()

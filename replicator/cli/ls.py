@@ -39,5 +39,10 @@ def run(args, ctx) -> int:
                 sys.stdout.write(json.dumps({"key": e.key, "size": e.size, "mtime": e.mtime, "etag": e.etag,
                                              "version": e.version}) + "\n")
             else:
-                sys.stdout.write(f"{e.size:>12}  {e.mtime or '-':<27}  {e.key}\n")
+                sys.stdout.write(f"{e.size:>12}  {e.mtime or '-':<27}  {printable(e.key)}\n")
     return 0
+
+
+def printable(key: str) -> str:
+    """A key for a terminal: control characters shown as escapes, so a hostile key cannot drive it."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in key)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sqlite3
 import sys
 
 from replicator import __version__
@@ -62,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     except ReplicatorError as e:
         print(f"replicator: error: {redact(str(e))}", file=sys.stderr)
         return e.exit_code
+    except sqlite3.Error as e:  # the catalogue's disk is full, read-only or damaged
+        print(f"replicator: error: the catalogue in the state directory failed: {e}", file=sys.stderr)
+        return EXIT_FATAL
     except KeyboardInterrupt:
         print("replicator: interrupted", file=sys.stderr)
         return 130

@@ -33,6 +33,7 @@ def run(args, ctx) -> int:
                 started = datetime.fromisoformat(row[0].replace("Z", "+00:00"))
                 info["lag_seconds"] = round((now - started).total_seconds())
         jobs.append(info)
+    verify = _verify_status(cat)
     lines = [f"{'JOB':<20} {'LAST SUCCESS':<21} {'LAG':>8}  {'NEXT RUN':<21} {'SNAPSHOT':>8}  LAST ERROR"]
     for j in jobs:
         err = f"{j['last_error']['time']}: {j['last_error']['error']}" if j["last_error"] else "-"
@@ -42,8 +43,33 @@ def run(args, ctx) -> int:
         if j["breaker"]:
             lines.append(f"BREAKER TRIPPED for {j['job']}: {j['breaker']} (holding the previous versions; "
                          f"`replicator approve {j['job']}` if the change was intended)")
-    ctx.emit({"jobs": jobs}, "\n".join(lines))
+    lines += verify.pop("lines")
+    ctx.emit({"jobs": jobs, "verify": verify}, "\n".join(lines))
     return 0
+
+
+def _verify_status(cat) -> dict:
+    """The last verify and the deep-verify coverage (issue 10), from the catalogue."""
+    import json
+
+    from replicator import coverage
+
+    if cat is None:
+        return {"last": None, "coverage": None, "lines": ["verify: no catalogue on this host"]}
+    raw = cat.meta("verify:last")
+    last = json.loads(raw) if raw else None
+    cov = coverage.summary(cat)
+    lines = []
+    if last:
+        when = datetime.fromtimestamp(last["time"], timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        kind = "deep" if last.get("deep") else "shallow"
+        if last.get("deep") and last.get("sample"):
+            kind = f"deep {last['sample']:g}% sample"
+        lines.append(f"last verify: {when} ({kind}): " + ("OK" if last["ok"] else f"{last['problems']} problems"))
+    else:
+        lines.append("last verify: never on this host")
+    lines.append(coverage.human(cov))
+    return {"last": last, "coverage": cov, "lines": lines}
 
 
 def _age(seconds: int | None) -> str:

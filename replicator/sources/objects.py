@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
 
+from replicator.backoff import Backoff
 from replicator.errors import SourceChanged, SourceError
 from replicator.redact import redact
 from replicator.sources.base import SourceItem
@@ -19,9 +21,13 @@ _LIST_BATCH = 1000
 
 
 class ObjectSource:
-    def __init__(self, url: str, options: dict[str, Any], accept: Callable[[str], bool]):
+    # history = "all" (issue 10): list the current versions by version id (set by history_import)
+    list_versions = False
+
+    def __init__(self, url: str, options: dict[str, Any], accept: Callable[[str], bool], backoff: Backoff | None = None):
         self.url = url
         self.accept = accept
+        self.backoff = backoff or Backoff(attempts=8)  # a resumed read keeps what it got: more tries are cheap
         try:
             self.fs, root = fsspec.url_to_fs(url, **options)
         except ImportError as e:
@@ -43,7 +49,9 @@ class ObjectSource:
                     yield item
 
     def _raw_list(self) -> Iterator[SourceItem]:
-        if self.protocol in ("s3", "s3a"):
+        if self.protocol in ("s3", "s3a") and self.list_versions:
+            yield from self._list_s3_current_versions()
+        elif self.protocol in ("s3", "s3a"):
             yield from self._list_s3()
         elif self.protocol == "file":
             yield from self._list_local(self.root)
@@ -83,6 +91,70 @@ class ObjectSource:
                 key = name[len(bucket) + 1 + len(prefix):]
                 yield SourceItem(key, int(info["size"]), _mtime(info), _etag(info), info.get("VersionId"))
 
+    # -- versions (history = "all", issue 10) ------------------------------------------------------
+
+    def versions(self) -> Iterator["VersionEvent"]:
+        """Every version and deletion the source keeps, key by key (key order), newest first within a
+        key; paged, so memory holds one page and one key's versions. S3: ListObjectVersions (versions
+        and delete markers); GCS: objects.list with versions (generations; a deletion is a noncurrent
+        generation whose timeDeleted is not the next generation's creation)."""
+        with _errors(self.url):
+            if self.protocol in ("s3", "s3a"):
+                events = self._s3_versions()
+            elif self.protocol in ("gs", "gcs"):
+                events = self._gcs_versions()
+            else:
+                raise SourceError(f'{self.url}: history = "all" needs an S3 or GCS source')
+            for ev in events:
+                if self.accept(ev.key):
+                    yield ev
+
+    def _s3_versions(self) -> Iterator["VersionEvent"]:
+        bucket, _, prefix = self.root.partition("/")
+        prefix = prefix + "/" if prefix else ""
+        kw: dict[str, str] = {}
+        group: list[tuple] = []
+        while True:
+            out = sync(self.fs.loop, self.fs._call_s3, "list_object_versions", Bucket=bucket, Prefix=prefix, **kw)
+            rows = [(v, False) for v in out.get("Versions", [])] + [(m, True) for m in out.get("DeleteMarkers", [])]
+            rows.sort(key=lambda r: r[0]["Key"])  # stable: each list keeps its newest-first order
+            for info, marker in rows:
+                if group and group[0][0]["Key"] != info["Key"]:
+                    yield from _s3_group(group, len(prefix))
+                    group = []
+                group.append((info, marker, len(group)))
+            if not out.get("IsTruncated"):
+                break
+            kw = {"KeyMarker": out.get("NextKeyMarker", ""), "VersionIdMarker": out.get("NextVersionIdMarker", "")}
+        if group:
+            yield from _s3_group(group, len(prefix))
+
+    def _list_s3_current_versions(self) -> Iterator[SourceItem]:
+        """The normal listing, from ListObjectVersions: current versions with their version ids."""
+        for ev in self._s3_versions():
+            if ev.latest and not ev.deleted:
+                yield SourceItem(ev.key, ev.size, _mtime({"LastModified": ev.time}), ev.etag, ev.version)
+
+    def _gcs_versions(self) -> Iterator["VersionEvent"]:
+        bucket, _, prefix = self.root.partition("/")
+        prefix = prefix + "/" if prefix else ""
+        token = None
+        group: list[dict] = []
+        while True:
+            params = {"versions": "true", "maxResults": 1000, **({"prefix": prefix} if prefix else {}),
+                      **({"pageToken": token} if token else {})}
+            page = sync(self.fs.loop, self.fs._call, "GET", "b/{}/o", bucket, json_out=True, **params)
+            for info in page.get("items", []):
+                if group and group[0]["name"] != info["name"]:
+                    yield from _gcs_group(group, len(prefix))
+                    group = []
+                group.append(info)
+            token = page.get("nextPageToken")
+            if not token:
+                break
+        if group:
+            yield from _gcs_group(group, len(prefix))
+
     def _list_local(self, top: str) -> Iterator[SourceItem]:
         """os.scandir walk: streams, one directory at a time."""
         stack = [top]
@@ -102,25 +174,180 @@ class ObjectSource:
                     yield SourceItem(key, st.st_size, _iso(st.st_mtime), f"{st.st_mtime_ns:x}-{st.st_size:x}", None)
 
     def read(self, item: SourceItem, chunk_size: int) -> Iterator[bytes]:
-        """One GET for a small object; ranged GETs of chunk_size for a large one."""
+        """The item in chunks: one GET for a small object, ranged GETs of chunk_size for a large one.
+
+        A GET that fails is retried with backoff (backoff.py), and one that breaks in the middle of
+        its body resumes with a ranged GET from the byte it reached. The object must stay the one
+        that was listed: on S3 every GET carries If-Match with the listed ETag (and the listed
+        VersionId), so the provider refuses a rewritten object (412); elsewhere the ETag (or, for
+        local files, mtime and size) is read again after a read in several parts. A change is
+        SourceChanged: the engine warns and the next run copies the object again. Never a mix."""
         path = f"{self.root}/{item.key}" if self.root else item.key
-        kw = {"version_id": item.version} if item.version and self.protocol in ("s3", "s3a") else {}
         got = 0
         with _errors(self.url, item):
-            if item.size <= chunk_size:
-                data = self.fs.cat_file(path, **kw)
-                got = len(data)
-                if got == item.size:
-                    yield data
-            else:
-                while got < item.size:
-                    data = self.fs.cat_file(path, start=got, end=min(got + chunk_size, item.size), **kw)
-                    if not data:
-                        break
-                    got += len(data)
-                    yield data
-        if got != item.size:
-            raise SourceChanged(f"{item.key!r} changed while it was read ({got} bytes, listed {item.size})")
+            while True:
+                end = min(got + chunk_size, item.size)
+                data = self._range(item, path, got, end)
+                got += len(data)
+                yield data
+                if got >= item.size:
+                    break
+            if self.protocol == "file" or (item.size > chunk_size and self.protocol not in _S3):
+                self._recheck(item, path)
+
+    def _range(self, item: SourceItem, path: str, start: int, end: int) -> bytes:
+        """Bytes start..end of the item, exactly (a whole-object GET when that is the whole item)."""
+        whole = start == 0 and end == item.size
+        if self.protocol in _S3:
+            buf = bytearray()
+            data = self.backoff.call(lambda: sync(self.fs.loop, self._s3_get, item, start, end, buf),
+                                     _transient, f"read of {item.key!r}")
+        else:
+            data = self.backoff.call(lambda: self.fs.cat_file(path) if whole else self.fs.cat_file(path, start=start, end=end),
+                                     _transient, f"read of {item.key!r}")
+        if len(data) != end - start:
+            raise SourceChanged(f"{item.key!r} changed while it was read ({start + len(data)} bytes, listed {item.size})")
+        return data
+
+    async def _s3_get(self, item: SourceItem, start: int, end: int, buf: bytearray) -> bytes:
+        """One GET (attempt) for bytes start+len(buf)..end, appended to buf as they arrive: a retry
+        after a body that broke mid-way asks only for the rest."""
+        bucket, _, prefix = self.root.partition("/")
+        kw: dict[str, str] = {}
+        if item.etag:
+            kw["IfMatch"] = f'"{item.etag}"'
+        if item.version:
+            kw["VersionId"] = item.version
+        if buf or not (start == 0 and end == item.size):
+            kw["Range"] = f"bytes={start + len(buf)}-{end - 1}"
+        try:
+            resp = await self.fs._call_s3("get_object", Bucket=bucket, Key=f"{prefix}/{item.key}" if prefix else item.key, **kw)
+        except OSError as e:
+            if _status(e) == 412:
+                raise SourceChanged(f"{item.key!r} changed while it was read (its ETag is no longer {item.etag})") from None
+            raise
+        body = resp["Body"]
+        try:
+            while True:
+                piece = await body.read(_PIECE)
+                if not piece:
+                    break
+                buf += piece
+                if len(buf) > end - start:
+                    raise SourceChanged(f"{item.key!r} changed while it was read (longer than listed)")
+        finally:
+            body.close()
+        if len(buf) < end - start:
+            raise _Truncated(f"{item.key!r}: the body ended after {start + len(buf)} of {end} bytes")
+        return bytes(buf)
+
+    def _recheck(self, item: SourceItem, path: str) -> None:
+        """After a read that was not one atomic GET: is the object still the one that was listed?"""
+        if self.protocol == "file":
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                raise SourceChanged(f"{item.key!r} vanished while it was read") from None
+            now = (f"{st.st_mtime_ns:x}-{st.st_size:x}", st.st_size)
+        else:
+            self.fs.invalidate_cache(path)  # the listing may be cached; ask the provider
+            info = self.fs.info(path)
+            now = (_etag(info), int(info["size"]))
+        if now != (item.etag, item.size):
+            raise SourceChanged(f"{item.key!r} changed while it was read")
+
+
+_S3 = ("s3", "s3a")
+_PIECE = 256 * 1024
+_NETWORK_MODULES = ("aiohttp", "botocore", "aiobotocore", "urllib3", "requests", "google", "gcsfs", "azure", "adlfs",
+                    "asyncssh", "sshfs")
+
+
+class _Truncated(ConnectionError):
+    """A body that ended early without an error: resume from where it ended."""
+
+
+def _status(e: BaseException) -> int | None:
+    """The HTTP status of the answer behind a provider error: botocore's ClientError (s3fs keeps it
+    as the cause), or the error's own status (aiohttp, gcsfs, adlfs). A cause's `code` is not one:
+    aiohttp's payload errors carry a ContentLengthError(400) that no server sent."""
+    for x in (e, e.__cause__):
+        resp = getattr(x, "response", None)
+        if isinstance(resp, dict):
+            status = resp.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if isinstance(status, int):
+                return status
+    for attr in ("status", "code", "status_code"):
+        code = getattr(e, attr, None)
+        if isinstance(code, int) and 100 <= code < 600:
+            return code
+    return None
+
+
+def _transient(e: BaseException) -> bool:
+    """Whether a failed read may succeed if tried again: network trouble, throttling, 5xx."""
+    if isinstance(e, (SourceError, FileNotFoundError, PermissionError)):
+        return False
+    if isinstance(e, (ConnectionError, TimeoutError)):
+        return True
+    status = _status(e)
+    if status is not None:
+        return status >= 500 or status in (408, 429)
+    return type(e).__module__.startswith(_NETWORK_MODULES)
+
+
+@dataclass(frozen=True)
+class VersionEvent:
+    """One version of an object, or its deletion, as a versioned bucket keeps it (history = "all")."""
+
+    key: str
+    version: str | None  # S3 VersionId (a delete marker's own id) / GCS generation
+    time: datetime  # when it was written or deleted (S3 LastModified; GCS timeCreated / timeDeleted)
+    size: int = 0
+    etag: str | None = None
+    deleted: bool = False  # S3 delete marker / GCS deletion
+    latest: bool = False  # the key's current state
+    order: int = 0  # 0 = the key's newest event, 1 = the one before, ...
+
+
+def _s3_group(group: list[tuple], cut: int) -> Iterator[VersionEvent]:
+    """One key's versions and delete markers, newest first. Within one LastModified second the order
+    between a version and a marker is not in the response (two lists): IsLatest goes first, then
+    versions before markers; versions among themselves (and markers) keep the provider's order."""
+    rows = sorted(group, key=lambda r: (-_ts(r[0]["LastModified"]), not r[0].get("IsLatest"), r[1], r[2]))
+    for order, (info, marker, _) in enumerate(rows):
+        vid = info.get("VersionId")
+        yield VersionEvent(info["Key"][cut:], None if vid in (None, "null") else vid, _utc(info["LastModified"]),
+                           0 if marker else int(info.get("Size", 0)), None if marker else _etag(info),
+                           marker, bool(info.get("IsLatest")), order)
+
+
+def _gcs_group(group: list[dict], cut: int) -> Iterator[VersionEvent]:
+    """One object's generations as events, newest first. A noncurrent generation whose timeDeleted is
+    well before the next generation's creation (or that has no next one) was deleted, not replaced."""
+    gens = sorted(group, key=lambda g: int(g["generation"]))
+    events: list[VersionEvent] = []
+    for i, g in enumerate(gens):
+        created = _utc(datetime.fromisoformat(g["timeCreated"].replace("Z", "+00:00")))
+        events.append(VersionEvent(g["name"][cut:], str(g["generation"]), created, int(g.get("size", 0)), _etag(g)))
+        gone = g.get("timeDeleted")
+        if gone:
+            t = _utc(datetime.fromisoformat(gone.replace("Z", "+00:00")))
+            nxt = gens[i + 1] if i + 1 < len(gens) else None
+            if nxt is None or _ts(datetime.fromisoformat(nxt["timeCreated"].replace("Z", "+00:00"))) - _ts(t) > 0.5:
+                events.append(VersionEvent(g["name"][cut:], f"{g['generation']}-deleted", t, deleted=True))
+    events.reverse()
+    n = len(events)
+    for order, ev in enumerate(events):
+        yield VersionEvent(ev.key, ev.version, ev.time, ev.size, ev.etag, ev.deleted, order == 0 and n > 0, order)
+
+
+def _utc(t: datetime) -> datetime:
+    return t.astimezone(timezone.utc) if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def _ts(t: datetime) -> float:
+    return _utc(t).timestamp()
 
 
 class _errors:

@@ -15,6 +15,21 @@ guarantee, and what the conformance suite in tests/ checks on every backend:
 - `delete` exists for the separately authorised retention step only; normal
   operation never calls it.
 Errors are translated into the errors.py tree; no provider exception escapes.
+
+Optional capability: provider checksums (issue 10). Where the provider keeps a content
+checksum of each object, a store may offer
+- `checksum(name) -> str | None`: the checksum the provider reports for the object now,
+  tagged with its kind: `md5:<hex>` (S3 single-part ETag, GCS md5Hash, Azure Content-MD5),
+  `crc32c:<hex>` (GCS without MD5), `etag:<text>` (an S3 ETag that is not an MD5:
+  multipart, SSE-KMS); None where the provider keeps none. A store that just answered
+  `stat(name)` remembers what came with it, so asking right after a `stat` costs no request.
+- `list_checksums(prefix) -> Iterator[(name, size, checksum)]`: `list` with checksums,
+  from the same listing requests (S3 ListObjectsV2 carries ETags, GCS objects.list
+  md5Hash/crc32c, Azure List Blobs Content-MD5).
+Checksums are compared for equality only (a different kind is a different object).
+Wrappers (bandwidth, retention, retries) keep the wrapped store in `.inner` and need not
+forward these: `checksums_of(store)` finds the layer that has them. Metadata reads carry
+no payload, so nothing a wrapper adds applies to them. Local directories have none.
 """
 
 from __future__ import annotations
@@ -52,3 +67,13 @@ class Store(Protocol):
     def create(self) -> None:
         """Create the root (bucket, container, directory) if missing."""
         ...
+
+
+def checksums_of(store):
+    """The layer of a (possibly wrapped) store offering provider checksums, or None."""
+    seen = 0
+    while store is not None and seen < 20:
+        if callable(getattr(store, "list_checksums", None)) and callable(getattr(store, "checksum", None)):
+            return store
+        store, seen = getattr(store, "inner", None), seen + 1
+    return None

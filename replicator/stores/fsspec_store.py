@@ -140,6 +140,7 @@ class FsspecStore:
             info = self.fs.info(path)
             if info.get("type") == "directory":
                 raise FileNotFoundError(name)
+            _remember(self, name, info)  # issue 10: checksum(name) right after a stat costs no request
             return int(info["size"])
 
     def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
@@ -154,6 +155,45 @@ class FsspecStore:
             name = path[cut:] if path.startswith(self.root + "/") else path
             if name.startswith(prefix) and info.get("type") != "directory" and "/.tmp-" not in "/" + name:
                 yield name, int(info["size"])
+
+    def list_times(self, prefix: str = "") -> Iterator[tuple[str, int, "datetime"]]:
+        """(name, size, write time as the provider's clock set it): what prune orders snapshots by."""
+        base = self.root + ("/" + prefix.rsplit("/", 1)[0] if "/" in prefix else "")
+        with self._errors(prefix or "/"):
+            try:
+                found = self.fs.find(base, detail=True)
+            except FileNotFoundError:
+                return
+        cut = len(self.root) + 1
+        for path, info in sorted(found.items()):
+            name = path[cut:] if path.startswith(self.root + "/") else path
+            if name.startswith(prefix) and info.get("type") != "directory" and "/.tmp-" not in "/" + name:
+                yield name, int(info["size"]), _write_time(info)
+
+    # -- provider checksums (optional Store capability, see stores/base.py) ----------------------
+
+    def checksum(self, name: str) -> str | None:
+        """The provider's checksum of `name` (md5:/crc32c:/etag:), None where it keeps none."""
+        noted = getattr(self, "_noted", {}).pop(name, None)
+        if noted is not None:
+            return noted[0]
+        path = self._path(name)
+        with self._errors(name):
+            return _checksum(self.protocol, self.fs.info(path))
+
+    def list_checksums(self, prefix: str = "") -> Iterator[tuple[str, int, str | None]]:
+        """(name, size, checksum) of every object under prefix, from the listing itself."""
+        base = self.root + ("/" + prefix.rsplit("/", 1)[0] if "/" in prefix else "")
+        with self._errors(prefix or "/"):
+            try:
+                found = self.fs.find(base, detail=True)
+            except FileNotFoundError:
+                return
+        cut = len(self.root) + 1
+        for path, info in sorted(found.items()):
+            name = path[cut:] if path.startswith(self.root + "/") else path
+            if name.startswith(prefix) and info.get("type") != "directory" and "/.tmp-" not in "/" + name:
+                yield name, int(info["size"]), _checksum(self.protocol, info)
 
     def delete(self, name: str) -> None:
         path = self._path(name)
@@ -222,6 +262,54 @@ def _short(e: BaseException) -> str:
 def _is_network(e: BaseException) -> bool:
     mod = type(e).__module__
     return mod.startswith(("aiohttp", "botocore", "asyncssh", "azure", "google", "requests", "urllib3"))
+
+
+def _write_time(info: dict) -> "datetime":
+    from datetime import datetime, timezone
+
+    for k in ("LastModified", "last_modified", "updated", "mtime", "timeCreated"):
+        v = info.get(k)
+        if isinstance(v, datetime):
+            return v if v.tzinfo else v.replace(tzinfo=timezone.utc)
+        if isinstance(v, (int, float)):
+            return datetime.fromtimestamp(v, timezone.utc)
+        if isinstance(v, str) and v:
+            return datetime.fromisoformat(v.replace("Z", "+00:00"))
+    raise StoreError(f"the provider reports no write time for {info.get('name', '?')}")
+
+
+def _checksum(protocol: str, info: dict) -> str | None:
+    """The provider's content checksum from an info/listing dict, tagged with its kind."""
+    import base64
+
+    if protocol in ("s3", "s3a"):
+        etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+        if not etag:
+            return None
+        return f"md5:{etag.lower()}" if re.fullmatch(r"[0-9a-fA-F]{32}", etag) else f"etag:{etag}"
+    if protocol in ("gs", "gcs"):
+        for field, kind in (("md5Hash", "md5"), ("crc32c", "crc32c")):
+            if info.get(field):
+                try:
+                    return f"{kind}:{base64.b64decode(info[field]).hex()}"
+                except ValueError:
+                    return None
+        return None
+    if protocol in ("az", "abfs", "abfss"):
+        settings = info.get("content_settings") or {}
+        md5 = settings.get("content_md5") if isinstance(settings, dict) else getattr(settings, "content_md5", None)
+        return f"md5:{bytes(md5).hex()}" if md5 else None
+    return None
+
+
+def _remember(store, name: str, info: dict) -> None:
+    """Keep the checksum that came with a stat, for a `checksum(name)` right after (bounded)."""
+    if store.protocol not in _CREATE_MODE:
+        return
+    noted = store.__dict__.setdefault("_noted", {})
+    if len(noted) > 4096:
+        noted.clear()
+    noted[name] = (_checksum(store.protocol, info),)
 
 
 def _protocol(fs) -> str:

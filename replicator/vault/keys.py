@@ -158,7 +158,7 @@ def _unlock(path: Path, fields: str, passphrase: Callable[[], str]) -> MasterKey
         log_n, r, p = int(log_n), int(r), int(p)
     except ValueError:
         raise VaultError(f"{path} is not a replicator key file (malformed passphrase line)") from None
-    if not (10 <= log_n <= 22 and r == 8 and p == 1 and len(salt) == 16 and len(blob) == 12 + 32 + 16):
+    if not (10 <= log_n <= SCRYPT_LOG_N + 1 and r == 8 and p == 1 and len(salt) == 16 and len(blob) == 12 + 32 + 16):
         raise VaultError(f"{path}: unsupported passphrase parameters")
     try:
         secret = AESGCM(_scrypt(passphrase(), salt, log_n)).decrypt(blob[:12], blob[12:], SCRYPT_PREFIX.encode())

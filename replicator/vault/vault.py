@@ -10,12 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
+import time
 import uuid
 from datetime import datetime, timezone
 from typing import Iterator
 
 from replicator.errors import AlreadyExists, IntegrityError, NotFound, StoreError, VaultError, WrongKey
 from replicator.stores import Store
+from replicator.stores.base import checksums_of
 from replicator.vault import crypto, keys
 from replicator.vault.crypto import Random
 from replicator.vault.format import (CHUNK_SIZE, CONFIG_NAME, FORMAT_NAME, FORMAT_VERSION, ChunkRef,
@@ -30,6 +33,8 @@ class Vault:
         self.store, self.master, self.keyring, self.config, self.rng = store, master, keyring, config, rng
         self.vault_id: str = config["vault_id"]
         self.kek_id = crypto.hkdf(keyring.data_kek, b"replicator v1 kek-id", 8)
+        self._checksums: list[tuple[str, str, float]] = []  # issue 10: (name, provider checksum, time) written
+        self._checksums_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -58,9 +63,9 @@ class Vault:
         config_bytes = json.dumps(config, indent=1, sort_keys=True).encode()
         keyring = keys.new_keyring(rng)
         # Keyring first: a vault whose config exists is complete.
-        _put_checked(store, key_name(master.key_id), keys.wrap_keyring(keyring, master, config["vault_id"], config_bytes, rng))
+        _put_idempotent(store, key_name(master.key_id), keys.wrap_keyring(keyring, master, config["vault_id"], config_bytes, rng))
         try:
-            _put_checked(store, CONFIG_NAME, config_bytes)
+            _put_idempotent(store, CONFIG_NAME, config_bytes)
         except AlreadyExists:
             raise VaultError(f"a vault already exists at {store.url}; refusing to touch it") from None
         return cls(store, master, keyring, config, rng)
@@ -91,7 +96,7 @@ class Vault:
     def add_master_key(self, new: MasterKey) -> None:
         """Wrap this vault's keyring under another master key (`keys/<new id>`); no blob changes."""
         config_bytes = self.store.get(CONFIG_NAME)
-        _put_checked(self.store, key_name(new.key_id),
+        _put_idempotent(self.store, key_name(new.key_id),
                      keys.wrap_keyring(self.keyring, new, self.vault_id, config_bytes, self.rng))
 
     def remove_master_key(self, old: MasterKey) -> None:
@@ -132,6 +137,7 @@ class Vault:
             size = _put_checked(self.store, name, blob)
         except AlreadyExists:
             size = self.store.stat(name)  # same content, written before (or by a retried put)
+        self._note_checksum(name)
         return ChunkRef(cid, size, 0, len(record), len(data), cid)
 
     def read_chunk(self, ref: ChunkRef) -> bytes:
@@ -158,10 +164,36 @@ class Vault:
         blob = self.seal(encode_record(root.to_json()))
         name = snapshot_name(job_id, root.seq)
         try:
-            _put_checked(self.store, name, blob)
+            _put_idempotent(self.store, name, blob)
         except AlreadyExists:
             raise VaultError(f"snapshot {root.seq} of job {root.job!r} already exists: another replicator writes to this vault") from None
+        self._note_checksum(name)
         return hashlib.sha256(blob).hexdigest()
+
+    # -- provider checksums (issue 10) ---------------------------------------------
+
+    def _note_checksum(self, name: str) -> None:
+        """Remember the checksum the provider reports for what was just written. The stat of the
+        checked put brought it along, so this costs no request; the engine moves the notes into the
+        catalogue (`take_checksums`) in the same transaction that records the blobs."""
+        layer = checksums_of(self.store)
+        if layer is None:
+            return
+        try:
+            checksum = layer.checksum(name)
+        except StoreError:
+            return  # only a cheaper check is lost; deep verify remains the proof
+        if checksum:
+            with self._checksums_lock:
+                if len(self._checksums) >= 100_000:  # nobody collects them (not an engine run): bounded
+                    del self._checksums[:50_000]
+                self._checksums.append((name, checksum, time.time()))
+
+    def take_checksums(self) -> list[tuple[str, str, float]]:
+        """The (name, checksum, time) noted since the last call."""
+        with self._checksums_lock:
+            out, self._checksums = self._checksums, []
+        return out
 
     def read_snapshot(self, job_id: str, seq: int) -> tuple[SnapshotRoot, str]:
         """(root, sha256 of its stored bytes); IntegrityError if it is not authentic."""
@@ -206,6 +238,17 @@ def _plain_size(record: bytes) -> int:
     if size < 0 or size > 256 * 2**20:
         raise IntegrityError("manifest record has no plausible size")
     return size
+
+
+def _put_idempotent(store: Store, name: str, data: bytes) -> None:
+    """_put_checked, where a name taken by the very same bytes counts as done: a put retried after an
+    ambiguous failure (the store took it, the answer was lost) finds its own first attempt. Roots,
+    keyrings and configs are unique (fresh nonce, vault id), so nobody else's can be byte-identical."""
+    try:
+        _put_checked(store, name, data)
+    except AlreadyExists:
+        if store.get(name) != data:
+            raise
 
 
 def _put_checked(store: Store, name: str, data: bytes) -> int:
