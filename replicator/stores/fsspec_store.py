@@ -144,20 +144,16 @@ class FsspecStore:
             return int(info["size"])
 
     def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
-        base = self.root + ("/" + prefix.rsplit("/", 1)[0] if "/" in prefix else "")
-        with self._errors(prefix or "/"):
-            try:
-                found = self.fs.find(base, detail=True)
-            except FileNotFoundError:
-                return
-        cut = len(self.root) + 1
-        for path, info in sorted(found.items()):
-            name = path[cut:] if path.startswith(self.root + "/") else path
-            if name.startswith(prefix) and info.get("type") != "directory" and "/.tmp-" not in "/" + name:
-                yield name, int(info["size"])
+        for name, info in self._found(prefix):
+            yield name, int(info["size"])
 
     def list_times(self, prefix: str = "") -> Iterator[tuple[str, int, "datetime"]]:
         """(name, size, write time as the provider's clock set it): what prune orders snapshots by."""
+        for name, info in self._found(prefix):
+            yield name, int(info["size"]), _write_time(info)
+
+    def _found(self, prefix: str) -> Iterator[tuple[str, dict]]:
+        """(name, provider info) of every object under prefix, in name order, temporary uploads left out."""
         base = self.root + ("/" + prefix.rsplit("/", 1)[0] if "/" in prefix else "")
         with self._errors(prefix or "/"):
             try:
@@ -168,7 +164,7 @@ class FsspecStore:
         for path, info in sorted(found.items()):
             name = path[cut:] if path.startswith(self.root + "/") else path
             if name.startswith(prefix) and info.get("type") != "directory" and "/.tmp-" not in "/" + name:
-                yield name, int(info["size"]), _write_time(info)
+                yield name, info
 
     # -- provider checksums (optional Store capability, see stores/base.py) ----------------------
 
@@ -183,17 +179,8 @@ class FsspecStore:
 
     def list_checksums(self, prefix: str = "") -> Iterator[tuple[str, int, str | None]]:
         """(name, size, checksum) of every object under prefix, from the listing itself."""
-        base = self.root + ("/" + prefix.rsplit("/", 1)[0] if "/" in prefix else "")
-        with self._errors(prefix or "/"):
-            try:
-                found = self.fs.find(base, detail=True)
-            except FileNotFoundError:
-                return
-        cut = len(self.root) + 1
-        for path, info in sorted(found.items()):
-            name = path[cut:] if path.startswith(self.root + "/") else path
-            if name.startswith(prefix) and info.get("type") != "directory" and "/.tmp-" not in "/" + name:
-                yield name, int(info["size"]), _checksum(self.protocol, info)
+        for name, info in self._found(prefix):
+            yield name, int(info["size"]), _checksum(self.protocol, info)
 
     def delete(self, name: str) -> None:
         path = self._path(name)
