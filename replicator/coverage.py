@@ -17,6 +17,7 @@ import math
 import time
 
 from replicator.catalogue import Catalogue
+from replicator.units import format_age
 
 WINDOW_DAYS = 30
 
@@ -44,7 +45,7 @@ def human(s: dict | None) -> str:
     age = s["oldest_unverified_age_seconds"]
     return (f"deep-verify coverage: {s['ratio']:.0%} of {s['blobs']} referenced blobs read in the last "
             f"{s['window_days']:g} days ({s['never_read']} never read); oldest unverified blob: "
-            f"{_age(age)} old")
+            f"{format_age(age)} old")
 
 
 def observe(cat: Catalogue) -> None:
@@ -55,15 +56,7 @@ def observe(cat: Catalogue) -> None:
     if s is None:
         return
     metrics.VERIFY_COVERAGE.set(s["ratio"])
-    oldest = getattr(metrics, "VERIFY_OLDEST_UNVERIFIED", None)
-    if oldest is not None and s["oldest_unverified_since"] is not None:
-        oldest.set(s["oldest_unverified_since"])
+    if s["oldest_unverified_since"] is not None:
+        metrics.VERIFY_OLDEST_UNVERIFIED.set(s["oldest_unverified_since"])
 
 
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= n:
-            return f"{seconds / n:.0f}{unit}"
-    return f"{seconds:.0f}s"

@@ -106,8 +106,8 @@ def run_job(vault: Vault, cat: Catalogue, job: JobConfig, source: Source, *, dry
     started = datetime.now(timezone.utc)
     stats.started = format_time_precise(started)
     sync_job(vault, cat, job.name)
-    if getattr(job, "history", "current") == "all" and not dry_run:
-        # Issue 10: the source's own versions, written before this run, become snapshots before this
+    if job.history == "all" and not dry_run:
+        # The source's own versions, written before this run, become snapshots before this
         # run's one (history_import.py); the listing below then reads current versions by version id.
         from replicator.history_import import import_history
 

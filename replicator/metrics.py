@@ -5,6 +5,8 @@ Everything here is numbers with a `job` label at most; no config, paths or secre
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
 
@@ -26,23 +28,21 @@ class OptionalGauge:
     def collect(self):
         if self.value is not None:
             family = GaugeMetricFamily(self.name, self.documentation)
-            family.add_metric([], self.value)
+            family.add_metric([], self.exposed(self.value))
             yield family
+
+    def exposed(self, value: float) -> float:
+        return value
 
     def describe(self):
         return [GaugeMetricFamily(self.name, self.documentation)]
 
 
 class AgeGauge(OptionalGauge):
-    """An OptionalGauge set to a unix time that reports how long ago that was, at each scrape (issue 10)."""
+    """Set to a unix time; each scrape reports how long ago that was."""
 
-    def collect(self):
-        import time
-
-        if self.value is not None:
-            family = GaugeMetricFamily(self.name, self.documentation)
-            family.add_metric([], max(0.0, time.time() - self.value))
-            yield family
+    def exposed(self, value: float) -> float:
+        return max(0.0, time.time() - value)
 
 
 _J = ["job"]

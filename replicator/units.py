@@ -50,6 +50,16 @@ def format_time_precise(t: datetime) -> str:
     return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def format_age(seconds: float | None) -> str:
+    """90061 -> '1d': the largest whole unit, for status columns."""
+    if seconds is None:
+        return "-"
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= n:
+            return f"{seconds // n:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
 def glob_to_regex(pattern: str) -> re.Pattern:
     """A key glob: `**` crosses `/`, `*` and `?` do not, `[...]` is a class."""
     out, i = [], 0

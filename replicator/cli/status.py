@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from replicator.units import format_age
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("status", help="per job: last success, last error, next run, lag",
@@ -37,7 +39,7 @@ def run(args, ctx) -> int:
     lines = [f"{'JOB':<20} {'LAST SUCCESS':<21} {'LAG':>8}  {'NEXT RUN':<21} {'SNAPSHOT':>8}  LAST ERROR"]
     for j in jobs:
         err = f"{j['last_error']['time']}: {j['last_error']['error']}" if j["last_error"] else "-"
-        lines.append(f"{j['job']:<20} {j['last_success'] or 'never':<21} {_age(j['lag_seconds']):>8}  "
+        lines.append(f"{j['job']:<20} {j['last_success'] or 'never':<21} {format_age(j['lag_seconds']):>8}  "
                      f"{j['next_run'] or '-':<21} {'-' if j['snapshot'] is None else j['snapshot']:>8}  {err}")
     for j in jobs:
         if j["breaker"]:
@@ -72,10 +74,3 @@ def _verify_status(cat) -> dict:
     return {"last": last, "coverage": cov, "lines": lines}
 
 
-def _age(seconds: int | None) -> str:
-    if seconds is None:
-        return "-"
-    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= n:
-            return f"{seconds // n}{unit}"
-    return f"{seconds}s"
