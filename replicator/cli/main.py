@@ -36,15 +36,22 @@ The config is --config PATH, else $REPLICATOR_CONFIG, else /etc/replicator/confi
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad usage is an expected error too: one line and exit 2, with where to look."""
+
+    def error(self, message: str):
+        self.exit(EXIT_FATAL, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="replicator", description=DESCRIPTION, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="replicator", description=DESCRIPTION, epilog=EPILOG,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", metavar="PATH", help="config file (TOML)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                    help="log verbosity on stderr (default: info for daemon, warning otherwise)")
     p.add_argument("--log-format", default="text", choices=["text", "json"], help="log line format")
     p.add_argument("--version", action="version", version=f"replicator {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for cmd in COMMANDS:
         cmd.add_parser(sub)
     return p
