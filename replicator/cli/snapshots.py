@@ -25,10 +25,10 @@ def run(args, ctx) -> int:
         for r in h.visible_roots():
             rows.append({"job": r.job, "seq": r.seq, "time": r.started, "finished": r.finished,
                          "kind": "checkpoint" if r.checkpoint else "delta", **r.stats})
-    lines = [f"{'JOB':<20} {'SNAP':>5} {'TIME':<21} {'LIVE':>8} {'CHANGED':>8} {'GONE':>6} {'COPIED':>10}"]
+    lines = [f"{'JOB':<20} {'SNAP':>5} {'TIME':<21} {'LIVE':>8} {'CHANGED':>8} {'GONE':>6} {'HELD':>6} {'COPIED':>10}"]
     for r in rows:
         lines.append(f"{r['job']:<20} {r['seq']:>5} {r['time'][:19] + 'Z':<21} {r.get('live', 0):>8} {r.get('changed', 0):>8} "
-                     f"{r.get('tombstones', 0):>6} {human_bytes(r.get('copied_bytes', 0)):>10}")
+                     f"{r.get('tombstones', 0):>6} {r.get('held', 0):>6} {human_bytes(r.get('copied_bytes', 0)):>10}")
     if not rows:
         lines = ["no snapshots" + (f" of job {args.job!r}" if args.job else "")]
     ctx.emit({"snapshots": rows}, "\n".join(lines))
