@@ -48,6 +48,7 @@ def test_drift_changed_missing_and_extra_in_flight_then_drift(tmp_path, s3_serve
                "later/hidden.txt": b"excluded at first"}
     for k, v in objects.items():
         s3.put_object(Bucket=bucket, Key=k, Body=v)
+    time.sleep(1.1)  # listings have whole seconds: these objects must be older than the snapshot, even on a fast machine
     p = Project(tmp_path, str(tmp_path / "vault"), {},
                 jobs=[{"name": "live", "source": f"s3://{bucket}/", "schedule": "1h", "exclude": ["later/**"],
                        "source_options": {"endpoint_url": s3_server.endpoint_url, "key": "testing", "secret": "testing"}}])
