@@ -80,6 +80,10 @@ class WrongKey(VaultError):
     """The key file does not open this vault."""
 
 
+class PrivateKeyNeeded(WrongKey):
+    """A write-only vault's content was asked for without its private key (`--key PATH`)."""
+
+
 class IntegrityError(ReplicatorError):
     """Stored data failed authentication or does not match what refers to it."""
 

@@ -3,8 +3,9 @@
 The key file holds one 256-bit master key. The master key opens a keyring stored in
 the vault (`keys/<key_id>`), and the keyring holds the keys that do the work:
 `data_kek` wraps each blob's data key, `id_key` makes blob names and job ids.
-Rotating the master key re-wraps the keyring without touching any blob, and a
-write-only (public-key) mode can later replace `data_kek` by a key pair.
+Rotating the master key re-wraps the keyring without touching any blob. In a
+write-only vault content is sealed to an X25519 public key instead, and the
+private key lives only in the keyring of a second, offline key file.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
@@ -51,8 +53,20 @@ class MasterKey:
 
 @dataclass(frozen=True)
 class Keyring:
-    data_kek: bytes
-    id_key: bytes
+    data_kek: bytes  # wraps data keys of blobs; in a write-only vault only of roots and records
+    id_key: bytes  # keyed hashes: chunk ids, blob names, job ids
+    # Write-only vaults (FORMAT.md §3): content is sealed to `recipient_pub`; the daemon's keyring
+    # lacks `recipient_priv`, which only the offline key file's keyring holds.
+    recipient_pub: bytes | None = None
+    recipient_priv: bytes | None = None
+    sign_seed: bytes | None = None  # Ed25519 seed that signs snapshot roots
+
+    @property
+    def write_only(self) -> bool:
+        return self.recipient_pub is not None
+
+    def without_private_key(self) -> "Keyring":
+        return Keyring(self.data_kek, self.id_key, self.recipient_pub, None, self.sign_seed)
 
     def __repr__(self) -> str:
         return "Keyring(...)"
@@ -189,18 +203,29 @@ def from_paper(text: str) -> MasterKey:
     return MasterKey(raw[:32])
 
 
-def new_keyring(rng: Random = os.urandom) -> Keyring:
-    return Keyring(data_kek=rng(32), id_key=rng(32))
+def new_keyring(rng: Random = os.urandom, write_only: bool = False) -> Keyring:
+    if not write_only:
+        return Keyring(data_kek=rng(32), id_key=rng(32))
+    private = X25519PrivateKey.from_private_bytes(rng(32))
+    return Keyring(data_kek=rng(32), id_key=rng(32), recipient_pub=private.public_key().public_bytes_raw(),
+                   recipient_priv=private.private_bytes_raw(), sign_seed=rng(32))
+
+
+_OPTIONAL = ("recipient_pub", "recipient_priv", "sign_seed")
 
 
 def wrap_keyring(keyring: Keyring, master: MasterKey, vault_id: str, config_bytes: bytes,
                  rng: Random = os.urandom) -> bytes:
     """The `keys/<key_id>` object: the keyring and the config's hash, sealed under the master key."""
-    inner = json.dumps({
+    fields = {
         "data_kek": base64.b64encode(keyring.data_kek).decode(),
         "id_key": base64.b64encode(keyring.id_key).decode(),
         "config_sha256": hashlib.sha256(config_bytes).hexdigest(),
-    }).encode()
+    }
+    for name in _OPTIONAL:
+        if getattr(keyring, name) is not None:
+            fields[name] = base64.b64encode(getattr(keyring, name)).decode()
+    inner = json.dumps(fields).encode()
     nonce = rng(12)
     ct = AESGCM(master.wrapping_key()).encrypt(nonce, inner, _aad(vault_id, master.key_id))
     return json.dumps({"version": 1, "key_id": master.key_id, "alg": "AES-256-GCM",
@@ -224,7 +249,11 @@ def unwrap_keyring(data: bytes, master: MasterKey, vault_id: str, config_bytes: 
         raise WrongKey(f"keys/{master.key_id}: the key file does not open this vault's keyring") from None
     if inner.get("config_sha256") != hashlib.sha256(config_bytes).hexdigest():
         raise IntegrityError("the vault's config object was altered (its hash does not match the keyring)")
-    return Keyring(base64.b64decode(inner["data_kek"]), base64.b64decode(inner["id_key"]))
+    try:
+        return Keyring(base64.b64decode(inner["data_kek"]), base64.b64decode(inner["id_key"]),
+                       **{name: base64.b64decode(inner[name]) for name in _OPTIONAL if name in inner})
+    except (KeyError, ValueError, TypeError):
+        raise IntegrityError(f"keys/{master.key_id}: malformed keyring") from None
 
 
 def _aad(vault_id: str, key_id: str) -> bytes:

@@ -16,7 +16,8 @@ import uuid
 from datetime import datetime, timezone
 from typing import Iterator
 
-from replicator.errors import AlreadyExists, IntegrityError, NotFound, StoreError, VaultError, WrongKey
+from replicator.errors import (AlreadyExists, IntegrityError, NotFound, PrivateKeyNeeded, StoreError, VaultError,
+                               WrongKey)
 from replicator.stores import Store
 from replicator.stores.base import checksums_of
 from replicator.vault import crypto, keys
@@ -32,7 +33,12 @@ class Vault:
     def __init__(self, store: Store, master: MasterKey, keyring: Keyring, config: dict, rng: Random = os.urandom):
         self.store, self.master, self.keyring, self.config, self.rng = store, master, keyring, config, rng
         self.vault_id: str = config["vault_id"]
-        self.kek_id = crypto.hkdf(keyring.data_kek, b"replicator v1 kek-id", 8)
+        # Roots and records are sealed under data_kek; content too, unless the vault is write-only,
+        # where it is sealed to the public key (FORMAT.md §3, §4).
+        self.meta_wrap = crypto.KekWrap(keyring.data_kek, crypto.hkdf(keyring.data_kek, b"replicator v1 kek-id", 8))
+        self.content_wrap = (crypto.PublicWrap(keyring.recipient_pub, keyring.recipient_priv)
+                             if keyring.write_only else self.meta_wrap)
+        self._wraps = {(w.wrap, w.key_id): w for w in (self.meta_wrap, self.content_wrap)}
         self._checksums: list[tuple[str, str, float]] = []  # issue 10: (name, provider checksum, time) written
         self._checksums_lock = threading.Lock()
 
@@ -116,14 +122,34 @@ class Vault:
 
     # -- blobs ----------------------------------------------------------------------
 
+    @property
+    def can_read_content(self) -> bool:
+        """False on a write-only vault opened without its private key."""
+        return not self.keyring.write_only or self.keyring.recipient_priv is not None
+
     def seal(self, payload: bytes) -> bytes:
-        return crypto.seal(frame(payload), self.keyring.data_kek, self.kek_id, self.rng)
+        """A blob for roots and records: readable with the daemon's key, even in a write-only vault."""
+        return crypto.seal_with(frame(payload), self.meta_wrap, self.rng)
+
+    def seal_content(self, payload: bytes) -> bytes:
+        """A blob for chunks and manifest pages: in a write-only vault only the private key opens it."""
+        return crypto.seal_with(frame(payload), self.content_wrap, self.rng)
+
+    def data_key(self, header: crypto.Header) -> bytes:
+        """The unwrapped data key of a blob; PrivateKeyNeeded for content of a write-only vault."""
+        wrapper = self._wraps.get((header.wrap, header.key_id))
+        if wrapper is None:
+            raise IntegrityError("blob is sealed under a key this keyring does not hold")
+        try:
+            return wrapper.unwrap_dek(header)
+        except PrivateKeyNeeded:
+            raise PrivateKeyNeeded("this vault is write-only: reading its content needs the private key "
+                                   "(--key PATH)") from None
 
     def open_blob(self, blob: bytes, name: str) -> bytes:
         try:
-            if crypto.parse_header(blob).key_id != self.kek_id:
-                raise IntegrityError("blob is sealed under a key this keyring does not hold")
-            return unframe(crypto.open_blob(blob, self.keyring.data_kek))
+            header = crypto.parse_header(blob)
+            return unframe(crypto.open_with_dek(blob, header, self.data_key(header)))
         except IntegrityError as e:
             raise IntegrityError(f"{name}: {e}") from None
 
@@ -131,7 +157,7 @@ class Vault:
         """Store one chunk (deduplicated by its keyed hash) and return its reference."""
         cid = cid or self.chunk_id(data)
         record = encode_record(data, compress)
-        blob = self.seal(record)
+        blob = self.seal_content(record)
         name = data_name(cid)
         try:
             size = _put_checked(self.store, name, blob)
