@@ -232,6 +232,13 @@ class Catalogue:
         self.db.execute("DELETE FROM delta WHERE deleted=1 OR key IN (SELECT key FROM held)")
         return n + self.db.execute("SELECT count(*) FROM held").fetchone()[0]
 
+    def delta_blobs(self, with_held: bool) -> Iterator[tuple[str, int]]:
+        """(blob, stored size) of every blob the prepared delta's (and held) entries reference, once each."""
+        held = " UNION ALL SELECT chunks FROM held" if with_held else ""
+        yield from self.db.execute(
+            "SELECT DISTINCT json_extract(c.value, '$[0]'), json_extract(c.value, '$[1]') "
+            f"FROM (SELECT chunks FROM delta{held}) d, json_each(d.chunks) c ORDER BY 1")
+
     def held(self) -> Iterator[Entry]:
         for row in self.db.execute("SELECT key, size, mtime, etag, version, chunks FROM held ORDER BY key"):
             yield _entry(row)

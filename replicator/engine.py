@@ -10,6 +10,8 @@ Order of effects, which is what makes a crash at any moment safe:
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import threading
 import time
@@ -21,12 +23,12 @@ from typing import Callable
 from replicator.breaker import Counts, evaluate, looks_encrypted
 from replicator.catalogue import Catalogue
 from replicator.config import JobConfig
-from replicator.errors import IntegrityError, SourceChanged, SourceError
+from replicator.errors import IntegrityError, PrivateKeyNeeded, SourceChanged, SourceError
 from replicator.history import History
 from replicator.sources.base import Source, SourceItem
 from replicator.units import format_time_precise
 from replicator.vault.format import CHUNK_SIZE, PAGE_SIZE, ChunkRef
-from replicator.vault.manifest import SnapshotRoot, encode_pages
+from replicator.vault.manifest import SnapshotRoot, encode_blob_lists, encode_pages
 from replicator.vault.vault import Vault
 
 log = logging.getLogger("replicator.engine")
@@ -63,8 +65,24 @@ class RunStats:
 Progress = Callable[[RunStats], None]
 
 
+_UNWRITTEN = "unwritten-root:"
+
+
+def put_unwritten_root(vault: Vault, cat: Catalogue, job: str) -> None:
+    """Store the root that the catalogue committed but the vault may not hold yet (idempotent)."""
+    pending = cat.meta(_UNWRITTEN + job)
+    if pending is None:
+        return
+    seq, sealed = pending.split(" ", 1)
+    vault.put_snapshot(vault.job_id(job), int(seq), base64.b64decode(sealed))
+    with cat.transaction():
+        cat.record_checksums(vault.take_checksums())
+        cat.set_meta(_UNWRITTEN + job, None)
+
+
 def sync_job(vault: Vault, cat: Catalogue, job: str) -> None:
     """Bring the catalogue's copy of a job up to the vault's head; detect rollback."""
+    put_unwritten_root(vault, cat, job)
     history = History.for_job(vault, job)
     seqs = history.seqs
     head = cat.head(job)
@@ -85,6 +103,9 @@ def sync_job(vault: Vault, cat: Catalogue, job: str) -> None:
         start = seqs[-1]
         while not history.root(start)[0].checkpoint:
             start -= 1
+    if not vault.can_read_content:
+        raise PrivateKeyNeeded(f"job {job!r}: this host's catalogue is behind the write-only vault (snapshot "
+                               f"{seqs[-1]}); rebuilding it needs the private key once: `replicator run --key PATH`")
     with cat.transaction():
         prev = head[1] if head and start == head[0] + 1 else None
         for seq in range(start, seqs[-1] + 1):
@@ -236,6 +257,8 @@ def _write_snapshot(vault: Vault, cat: Catalogue, job: JobConfig, started: datet
         checkpoint = head is None or count >= CHECKPOINT_EVERY or delta_sum + n_delta >= max(live_before, 1000)
         delta_pages = [] if checkpoint else [vault.write_chunk(p) for p in encode_pages(cat.delta(), PAGE_SIZE)]
         held_pages = [vault.write_chunk(p) for p in encode_pages(cat.held(), PAGE_SIZE)] if stats.breaker else []
+        blob_lists = ([vault.write_meta_page(p) for p in encode_blob_lists(cat.delta_blobs(bool(stats.breaker)), PAGE_SIZE)]
+                      if vault.keyring.write_only else [])
         cat.apply(job.name, cat.delta())
         pages = [vault.write_chunk(p) for p in encode_pages(cat.entries(job.name), PAGE_SIZE)] if checkpoint else delta_pages
         root = SnapshotRoot(
@@ -243,14 +266,19 @@ def _write_snapshot(vault: Vault, cat: Catalogue, job: JobConfig, started: datet
             finished=format_time_precise(datetime.now(timezone.utc)), checkpoint=checkpoint, pages=tuple(pages),
             stats={"listed": stats.listed, "changed": changed, "tombstones": stats.tombstones,
                    "live": cat.live_count(job.name), "copied_bytes": stats.copied_bytes, "held": stats.held},
-            held=tuple(held_pages))
-        digest = vault.write_snapshot(vault.job_id(job.name), root)
+            held=tuple(held_pages), blobs=tuple(blob_lists))
+        sealed = vault.seal_snapshot(vault.job_id(job.name), root)
+        digest = hashlib.sha256(sealed).hexdigest()
         cat.record_snapshot(job.name, seq, digest, root.started, root.finished, checkpoint, 0 if checkpoint else n_delta)
-        cat.record_checksums(vault.take_checksums())  # issue 10: pages and root
+        cat.record_checksums(vault.take_checksums())  # issue 10: pages
         cat.finish_run(job.name, keep_held=bool(stats.breaker))
         cat.set_meta(f"breaker:{job.name}", stats.breaker)
         if not stats.breaker:
             cat.set_meta(f"approve:{job.name}", None)
+        cat.set_meta(_UNWRITTEN + job.name, f"{seq} {base64.b64encode(sealed).decode()}")
+    # The catalogue holds the sealed root before the vault does: a crash from here on is finished by
+    # the next run (`put_unwritten_root`), which needs no key to read manifest pages back.
+    put_unwritten_root(vault, cat, job.name)
     stats.seq = seq
     log.info("job %s: snapshot %d written (%d changed, %d tombstones, %d held, %s)", job.name, seq, changed,
              stats.tombstones, stats.held, "checkpoint" if checkpoint else "delta")

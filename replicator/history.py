@@ -7,6 +7,7 @@ SQLite file, so memory does not grow with the number of objects.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import tempfile
@@ -17,7 +18,7 @@ from typing import Iterator
 from replicator.errors import IntegrityError, NotFound, ReplicatorError, UsageError
 from replicator.units import parse_time
 from replicator.vault.format import decode_record
-from replicator.vault.manifest import Entry, SnapshotRoot, decode_page
+from replicator.vault.manifest import Entry, SnapshotRoot, decode_blob_list, decode_page
 from replicator.vault.vault import Vault
 
 
@@ -44,6 +45,18 @@ class History:
         if seq not in self._roots:
             self._roots[seq] = self.vault.read_snapshot(self.job_id, seq)
         return self._roots[seq]
+
+    def referenced_blobs(self, root: SnapshotRoot) -> Iterator[str]:
+        """Blob ids the entries (and held entries) of one root reference. Without a write-only vault's
+        private key, from the root's blob lists, which name the blobs of its new entries."""
+        if self.vault.can_read_content:
+            for e in itertools.chain(self.entries(root), self.held_entries(root)):
+                for c in e.chunks:
+                    yield c.blob
+        else:
+            for page in root.blobs:
+                for blob, _ in decode_blob_list(self.vault.read_meta_page(page)):
+                    yield blob
 
     def forgotten(self) -> set[int]:
         """Snapshots hidden by retention (`replicator prune`): not listed, not selectable."""

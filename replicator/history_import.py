@@ -43,7 +43,7 @@ from replicator.history import History
 from replicator.sources.base import SourceItem
 from replicator.units import format_time_precise, parse_time
 from replicator.vault.format import CHUNK_SIZE, PAGE_SIZE, ChunkRef
-from replicator.vault.manifest import Entry, SnapshotRoot, encode_pages
+from replicator.vault.manifest import Entry, SnapshotRoot, encode_blob_lists, encode_pages
 from replicator.vault.vault import Vault
 
 log = logging.getLogger("replicator.history")
@@ -319,7 +319,9 @@ def _write_snapshot(vault: Vault, cat: Catalogue, job, entries: list[Entry], at:
         root = SnapshotRoot(
             job=job.name, kind=job.kind, seq=seq, prev=head[1] if head else None, started=format_time_precise(at),
             finished=format_time_precise(datetime.now(timezone.utc)), checkpoint=checkpoint, pages=tuple(pages),
-            stats={"listed": 0, "live": cat.live_count(job.name), "copied_bytes": 0, "held": 0, **extra})
+            stats={"listed": 0, "live": cat.live_count(job.name), "copied_bytes": 0, "held": 0, **extra},
+            blobs=tuple(vault.write_meta_page(p) for p in encode_blob_lists(
+                sorted({(c.blob, c.blob_size) for e in entries for c in e.chunks}), PAGE_SIZE)) if vault.keyring.write_only else ())
         digest = vault.write_snapshot(vault.job_id(job.name), root)
         cat.record_snapshot(job.name, seq, digest, root.started, root.finished, checkpoint, 0 if checkpoint else n_delta)
         cat.record_checksums(vault.take_checksums())

@@ -169,9 +169,8 @@ def _scan(vault: Vault, cat: Catalogue, report: ExtendReport) -> None:
         for seq in (s for s in seqs if s > done):  # new snapshots: kept, since prune has not run since
             try:
                 root, _ = history.root(seq)
-                cat.track_retention([snapshot_name(jid, seq)] + [data_name(p.blob) for p in root.pages + root.held])
-                refs = (data_name(c.blob) for e in itertools.chain(history.entries(root), history.held_entries(root))
-                        for c in e.chunks)
+                cat.track_retention([snapshot_name(jid, seq)] + [data_name(p.blob) for p in root.pages + root.held + root.blobs])
+                refs = (data_name(blob) for blob in history.referenced_blobs(root))
                 while batch := list(itertools.islice(refs, BATCH)):
                     cat.track_retention(batch)
             except ReplicatorError as e:
@@ -181,11 +180,36 @@ def _scan(vault: Vault, cat: Catalogue, report: ExtendReport) -> None:
             report.snapshots_scanned += 1
 
 
+def _rebuild_from_blob_lists(vault: Vault, cat: Catalogue, seqs_by_job: dict[str, list[int]], base: list[str],
+                             report: ExtendReport) -> None:
+    """_rebuild for a write-only vault without its private key: every root and page, and the blobs the
+    blob lists of kept snapshots name (a blob carried over from a forgotten snapshot may lapse early;
+    run `verify --extend-retention --key PATH` after a prune to compute it exactly)."""
+    def names():
+        yield from base
+        for jid, seqs in sorted(seqs_by_job.items()):
+            history = History(vault, jid, seqs)
+            hidden = forgotten_seqs(vault, jid, history)
+            for seq in seqs:
+                root, _ = history.root(seq)
+                yield snapshot_name(jid, seq)
+                yield from (data_name(p.blob) for p in root.pages + root.held + root.blobs)
+                if seq not in hidden:
+                    yield from (data_name(blob) for blob in history.referenced_blobs(root))
+            report.snapshots_scanned += len(seqs)
+    cat.replace_retention(names())
+    for jid, seqs in seqs_by_job.items():
+        cat.set_meta(f"{SCANNED_META}{jid}", str(seqs[-1]))
+
+
 def _rebuild(vault: Vault, cat: Catalogue, seqs_by_job: dict[str, list[int]], base: list[str],
              report: ExtendReport) -> None:
     """Exactly the objects the kept snapshots need (references.py, as prune computes them): every
     root and manifest page (never deleted), and the chunks of versions live at a kept snapshot.
     Blobs only forgotten snapshots needed drop out, so their retention lapses and prune can delete them."""
+    if not vault.can_read_content:
+        _rebuild_from_blob_lists(vault, cat, seqs_by_job, base, report)
+        return
     with tempfile.TemporaryDirectory(prefix="replicator-retention-") as tmp:
         table = VersionTable(Path(tmp) / "versions.db")
         try:

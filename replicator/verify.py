@@ -31,6 +31,7 @@ from replicator.history import History
 from replicator.references import VersionTable
 from replicator.stores.base import checksums_of
 from replicator.vault.format import ChunkRef, data_name
+from replicator.vault.manifest import decode_blob_list
 from replicator.vault.vault import Vault
 
 
@@ -126,6 +127,12 @@ def _check_chain(vault: Vault, jid: str, seqs: list[int], only_job: str | None, 
         report.jobs[root.job] = report.jobs.get(root.job, 0) + 1
         for page in root.pages + root.held:
             refs.add(page)
+        for page in root.blobs:
+            refs.add(page, meta=True)
+        if not vault.can_read_content:  # write-only vault, no private key: the blob lists stand in for entries
+            if seq not in forgotten:
+                _add_listed_blobs(vault, root, refs, report, f"{label}: snapshot {seq}")
+            continue
         if forgotten:
             continue  # references are worked out below, over versions
         try:
@@ -134,7 +141,7 @@ def _check_chain(vault: Vault, jid: str, seqs: list[int], only_job: str | None, 
                     refs.add(ref)
         except ReplicatorError as e:
             report.problems.append(f"{label}: snapshot {seq}: manifest page unreadable: {e}")
-    if forgotten:
+    if forgotten and vault.can_read_content:
         with tempfile.TemporaryDirectory(prefix="replicator-versions-") as tmp:
             table = VersionTable(Path(tmp) / "versions.db")
             try:
@@ -145,6 +152,17 @@ def _check_chain(vault: Vault, jid: str, seqs: list[int], only_job: str | None, 
                 report.problems.append(f"{label}: manifest unreadable: {e}")
             finally:
                 table.close()
+
+
+def _add_listed_blobs(vault: Vault, root, refs: "_RefTable", report: VerifyReport, label: str) -> None:
+    """A write-only vault's blob lists: the blobs a snapshot's entries reference, readable without the
+    private key. Checked for presence and size only (content needs the private key)."""
+    try:
+        for page in root.blobs:
+            for blob, size in decode_blob_list(vault.read_meta_page(page)):
+                refs.add(ChunkRef(blob, size, 0, 0, 0, ""))
+    except ReplicatorError as e:
+        report.problems.append(f"{label}: blob list unreadable: {e}")
 
 
 def _check_blobs(vault: Vault, refs: "_RefTable", report: VerifyReport, deep: bool, sample: float | None,
@@ -189,9 +207,10 @@ def _check_blobs(vault: Vault, refs: "_RefTable", report: VerifyReport, deep: bo
 
     def check(blob: str) -> tuple[int, list[str]]:
         problems, n = [], 0
+        read = vault.read_meta_page if refs.is_meta(blob) else vault.read_chunk
         for ref in refs.refs_of(blob):
             try:
-                vault.read_chunk(ref)
+                read(ref)
                 n += 1
             except NotFound:
                 return n, [f"blob {data_name(blob)} is missing"]
@@ -243,9 +262,16 @@ class _RefTable:
         self.db.execute("CREATE TABLE stored(blob TEXT PRIMARY KEY, size INTEGER, checksum TEXT) WITHOUT ROWID")
         self.db.execute("CREATE TABLE recorded(blob TEXT PRIMARY KEY, checksum TEXT, origin TEXT) WITHOUT ROWID")
         self.db.execute("CREATE TABLE cov(blob TEXT PRIMARY KEY, first_seen REAL, verified REAL) WITHOUT ROWID")
+        self.db.execute("CREATE TABLE meta(blob TEXT PRIMARY KEY) WITHOUT ROWID")
 
-    def add(self, ref: ChunkRef) -> None:
+    def add(self, ref: ChunkRef, meta: bool = False) -> None:
+        """A referenced chunk; `meta` for the vault's own pages (blob lists), read by `read_meta_page`."""
         self.db.execute("INSERT OR IGNORE INTO refs VALUES(?,?,?)", (ref.blob, ref.blob_size, json.dumps(ref.to_json())))
+        if meta:
+            self.db.execute("INSERT OR IGNORE INTO meta VALUES(?)", (ref.blob,))
+
+    def is_meta(self, blob: str) -> bool:
+        return self.db.execute("SELECT 1 FROM meta WHERE blob=?", (blob,)).fetchone() is not None
 
     def stored(self, blobs) -> None:
         """(blob, size) or (blob, size, provider checksum) of every stored blob."""

@@ -15,12 +15,13 @@ def add_parser(sub) -> None:
     p.add_argument("job", metavar="JOB")
     p.add_argument("--at", metavar="TIME", help="ISO 8601 or an age like 3d (default: latest)")
     p.add_argument("--prefix", metavar="P", default="", help="only keys starting with P")
+    p.add_argument("--key", metavar="PATH", help="key file to use instead of [vault].key_file (a write-only vault's private key file)")
     p.add_argument("--json", action="store_true", help="JSON lines: one object per line")
     p.set_defaults(handler=run)
 
 
 def run(args, ctx) -> int:
-    vault = ctx.open_vault()
+    vault = ctx.open_vault(args.key)
     history = History.for_job(vault, args.job)
     root = history.select(args.at)
     if root.kind in ("git", "svn"):  # repositories with their refs (git) or youngest revision (svn)

@@ -27,6 +27,8 @@ def add_parser(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="say what would be forgotten and deleted")
     p.add_argument("--credentials", metavar="FILE",
                    help="TOML file (mode 0600) with `options = {...}` for the vault, merged over [vault].options")
+    p.add_argument("--key", metavar="PATH", help="key file to use instead of [vault].key_file (a write-only vault "
+                                                 "needs its private key file: pruning reads the manifests)")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(handler=run)
 
@@ -40,7 +42,7 @@ def run(args, ctx) -> int:
     if args.credentials:
         options.update(_credentials(Path(args.credentials)))
     store = open_store(cfg.vault.url, configmod.resolve_secrets(options, "credentials.options"))
-    vault = Vault.open(store, load_key_file(cfg.vault.key_file))
+    vault = Vault.open(store, load_key_file(Path(args.key) if args.key else cfg.vault.key_file))
     names = args.job or [j.name for j in cfg.jobs]
     policies = {j.name: j.retention for j in cfg.jobs if j.name in names}
     r = prune(vault, policies, dry_run=args.dry_run)

@@ -20,6 +20,7 @@ def add_parser(sub) -> None:
     p.add_argument("--job", action="append", metavar="NAME", help="only this job (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="list and plan, but write nothing")
     p.add_argument("--workers", type=int, default=8, metavar="N", help="objects copied at once (default 8)")
+    p.add_argument("--key", metavar="PATH", help="key file to use instead of [vault].key_file (a write-only vault's private key file, to rebuild a lost or stale catalogue)")
     p.add_argument("--json", action="store_true", help="machine-readable summary on stdout")
     p.set_defaults(handler=run)
 
@@ -31,7 +32,7 @@ def run(args, ctx) -> int:
         raise ReplicatorError("the config has no [[jobs]]")
     if args.workers < 1:
         raise ReplicatorError("--workers must be at least 1")
-    vault = ctx.open_vault()
+    vault = ctx.open_vault(args.key)
     outcomes = []
     with StateLock(cfg.state_dir, "run"):
         for job in jobs:

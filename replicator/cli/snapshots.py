@@ -10,12 +10,13 @@ def add_parser(sub) -> None:
     p = sub.add_parser("snapshots", help="list snapshots with time and counts",
                        description="List every snapshot in the vault (all jobs, or one), read from the vault itself.")
     p.add_argument("--job", metavar="NAME", help="only this job")
+    p.add_argument("--key", metavar="PATH", help="key file to use instead of [vault].key_file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=run)
 
 
 def run(args, ctx) -> int:
-    vault = ctx.open_vault()
+    vault = ctx.open_vault(args.key)
     names = job_names(vault)
     rows = []
     for jid, name in sorted(names.items(), key=lambda kv: kv[1]):

@@ -7,7 +7,7 @@ import time
 
 from replicator import notify
 from replicator.cli.context import human_bytes
-from replicator.errors import EXIT_OK, EXIT_PROBLEMS, UsageError
+from replicator.errors import EXIT_OK, EXIT_PROBLEMS, PrivateKeyNeeded, UsageError
 from replicator.verify import verify
 
 
@@ -24,7 +24,8 @@ def add_parser(sub) -> None:
     p.add_argument("--against-source", action="store_true",
                    help="compare each objects job's latest snapshot with its live source (missing, changed, gone); "
                         "exit 1 on drift that one schedule interval does not explain")
-    p.add_argument("--key", metavar="PATH", help="key file to use instead of [vault].key_file")
+    p.add_argument("--key", metavar="PATH", help="key file to use instead of [vault].key_file (for --deep on a "
+                                                 "write-only vault: its private key file)")
     p.add_argument("--no-probe", action="store_true",
                    help="skip the immutability probe (it writes a canary under probe/ and tries to delete it)")
     p.add_argument("--extend-retention", action="store_true",
@@ -45,6 +46,9 @@ def run(args, ctx) -> int:
     if args.extend_retention and cfg.vault.immutability is None:
         raise UsageError("--extend-retention needs [vault.immutability] in the config")
     vault = ctx.open_vault(args.key)
+    if args.deep and not vault.can_read_content:
+        raise PrivateKeyNeeded("verify --deep reads content, and this vault is write-only: give its private key "
+                               "file with --key PATH (verify without --deep needs no private key)")
     cat = ctx.catalogue() if (cfg.state_dir / "catalogue.db").exists() else None
     if cat is not None:
         cat.bind(vault.vault_id)

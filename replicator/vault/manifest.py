@@ -80,6 +80,9 @@ class SnapshotRoot:
     stats: dict = field(default_factory=dict)
     # Changes a tripped breaker held back: stored and referenced, but not part of the live state.
     held: tuple[ChunkRef, ...] = ()
+    # Write-only vaults: pages (sealed like roots) listing the data blobs this run's entries reference,
+    # so a host without the private key can still check every blob is there (FORMAT.md §7).
+    blobs: tuple[ChunkRef, ...] = ()
 
     def to_json(self) -> bytes:
         d = {
@@ -89,6 +92,8 @@ class SnapshotRoot:
         }
         if self.held:
             d["held"] = [p.to_json() for p in self.held]
+        if self.blobs:
+            d["blobs"] = [p.to_json() for p in self.blobs]
         return json.dumps(d, sort_keys=True).encode()
 
     @classmethod
@@ -100,7 +105,8 @@ class SnapshotRoot:
             root = cls(job=d["job"], kind=d["kind"], seq=d["seq"], prev=d["prev"], started=d["started"],
                        finished=d["finished"], checkpoint=d["checkpoint"],
                        pages=tuple(ChunkRef.from_json(p) for p in d["pages"]), stats=d.get("stats") or {},
-                       held=tuple(ChunkRef.from_json(p) for p in d.get("held", [])))
+                       held=tuple(ChunkRef.from_json(p) for p in d.get("held", [])),
+                       blobs=tuple(ChunkRef.from_json(p) for p in d.get("blobs", [])))
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             raise IntegrityError("malformed snapshot manifest") from None
         if not (isinstance(root.seq, int) and not isinstance(root.seq, bool) and root.seq >= 0
@@ -124,6 +130,32 @@ def encode_pages(entries: Iterable[Entry], page_size: int) -> Iterator[bytes]:
             buf, n = [], 0
     if buf:
         yield b"".join(buf)
+
+
+def encode_blob_lists(blobs: Iterable[tuple[str, int]], page_size: int) -> Iterator[bytes]:
+    """(blob id, stored size) pairs -> pages of JSON lines `["<blob>",<size>]`."""
+    buf: list[bytes] = []
+    n = 0
+    for blob, size in blobs:
+        line = json.dumps([blob, size], separators=(",", ":")).encode() + b"\n"
+        buf.append(line)
+        n += len(line)
+        if n >= page_size:
+            yield b"".join(buf)
+            buf, n = [], 0
+    if buf:
+        yield b"".join(buf)
+
+
+def decode_blob_list(data: bytes) -> Iterator[tuple[str, int]]:
+    for line in data.splitlines():
+        try:
+            blob, size = json.loads(line)
+        except (ValueError, TypeError, RecursionError):
+            raise IntegrityError("blob list line is not a [blob, size] pair") from None
+        if not (isinstance(blob, str) and isinstance(size, int) and not isinstance(size, bool) and size >= 0):
+            raise IntegrityError("blob list line is not a [blob, size] pair")
+        yield blob, size
 
 
 def decode_page(data: bytes) -> Iterator[Entry]:

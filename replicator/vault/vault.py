@@ -7,6 +7,7 @@ before anyone records them. Nothing here ever overwrites or deletes.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -15,6 +16,9 @@ import time
 import uuid
 from datetime import datetime, timezone
 from typing import Iterator
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from replicator.errors import (AlreadyExists, IntegrityError, NotFound, PrivateKeyNeeded, StoreError, VaultError,
                                WrongKey)
@@ -53,8 +57,13 @@ class Vault:
             return False
 
     @classmethod
-    def create(cls, store: Store, master: MasterKey, rng: Random = os.urandom) -> "Vault":
-        """Write the root objects of a new vault; refuse if one is there already."""
+    def create(cls, store: Store, master: MasterKey, rng: Random = os.urandom,
+               private_master: MasterKey | None = None) -> "Vault":
+        """Write the root objects of a new vault; refuse if one is there already.
+
+        With `private_master` the vault is write-only: `master` (the daemon's key file) opens a keyring
+        that seals content to a public key and signs roots; only `private_master` (a key file kept
+        offline) opens the keyring that also holds the private key."""
         if not store.exists():
             store.create()
         if cls.exists(store):
@@ -66,10 +75,19 @@ class Vault:
             "hash": "HMAC-SHA256", "compression": "zstd", "chunk_size": CHUNK_SIZE,
             "padding": "4KiB-or-1/32", "master_key_ids": [master.key_id],
         }
+        keyring = keys.new_keyring(rng, write_only=private_master is not None)
+        wrapped = [(master, keyring.without_private_key())]
+        if private_master is not None:
+            if private_master.key_id == master.key_id:
+                raise VaultError("the private key file must differ from the daemon's key file")
+            config["write_only"] = {"recipient": keyring.recipient_pub.hex(), "signing_key": _signing_public(keyring).hex(),
+                                    "key_wrap": "X25519-HKDF-AES-KW", "signature": "Ed25519"}
+            config["master_key_ids"].append(private_master.key_id)
+            wrapped.append((private_master, keyring))
         config_bytes = json.dumps(config, indent=1, sort_keys=True).encode()
-        keyring = keys.new_keyring(rng)
-        # Keyring first: a vault whose config exists is complete.
-        _put_idempotent(store, key_name(master.key_id), keys.wrap_keyring(keyring, master, config["vault_id"], config_bytes, rng))
+        # Keyrings first: a vault whose config exists is complete.
+        for key, ring in wrapped:
+            _put_idempotent(store, key_name(key.key_id), keys.wrap_keyring(ring, key, config["vault_id"], config_bytes, rng))
         try:
             _put_idempotent(store, CONFIG_NAME, config_bytes)
         except AlreadyExists:
@@ -97,6 +115,14 @@ class Vault:
         except NotFound:
             raise WrongKey(f"the key file does not open the vault at {store.url} (no keyring for key {master.key_id})") from None
         keyring = keys.unwrap_keyring(wrapped, master, config["vault_id"], config_bytes)
+        write_only = config.get("write_only")
+        if write_only is not None and not (
+                isinstance(write_only, dict) and keyring.write_only
+                and write_only.get("recipient") == keyring.recipient_pub.hex()
+                and write_only.get("signing_key") == _signing_public(keyring).hex()):
+            raise IntegrityError(f"{store.url}: the keyring does not match the vault's write-only keys (altered)")
+        if write_only is None and keyring.write_only:
+            raise IntegrityError(f"{store.url}: a write-only keyring in a vault whose config is not write-only (altered)")
         return cls(store, master, keyring, config)
 
     def add_master_key(self, new: MasterKey) -> None:
@@ -187,14 +213,29 @@ class Vault:
 
     def write_snapshot(self, job_id: str, root: SnapshotRoot) -> str:
         """Write a snapshot root; returns the sha256 of its stored bytes (the next one's `prev`)."""
-        blob = self.seal(encode_record(root.to_json()))
-        name = snapshot_name(job_id, root.seq)
+        blob = self.seal_snapshot(job_id, root)
+        self.put_snapshot(job_id, root.seq, blob)
+        return hashlib.sha256(blob).hexdigest()
+
+    def seal_snapshot(self, job_id: str, root: SnapshotRoot) -> bytes:
+        """The stored bytes of a root (signed in a write-only vault), ready for `put_snapshot`."""
+        plain = root.to_json()
+        if self.keyring.sign_seed is not None:
+            signature = Ed25519PrivateKey.from_private_bytes(self.keyring.sign_seed).sign(
+                _signed_message(self.vault_id, job_id, plain))
+            plain = json.dumps({"type": "signed-snapshot", "format": FORMAT_VERSION, "root": plain.decode(),
+                                "sig": base64.b64encode(signature).decode()}, sort_keys=True).encode()
+        return self.seal(encode_record(plain))
+
+    def put_snapshot(self, job_id: str, seq: int, blob: bytes) -> None:
+        """Store a sealed root under its sequence number; a retry of the very same bytes is fine."""
+        name = snapshot_name(job_id, seq)
         try:
             _put_idempotent(self.store, name, blob)
         except AlreadyExists:
-            raise VaultError(f"snapshot {root.seq} of job {root.job!r} already exists: another replicator writes to this vault") from None
+            raise VaultError(f"snapshot {seq} of job id {job_id[:8]} already exists with other content: another "
+                             "replicator writes to this vault") from None
         self._note_checksum(name)
-        return hashlib.sha256(blob).hexdigest()
 
     # -- provider checksums (issue 10) ---------------------------------------------
 
@@ -227,12 +268,60 @@ class Vault:
         blob = self.store.get(name)
         payload = self.open_blob(blob, name)
         try:
-            root = SnapshotRoot.from_json(decode_record(payload, _plain_size(payload)))
+            root = SnapshotRoot.from_json(self._check_signature(job_id, decode_record(payload, _plain_size(payload))))
         except IntegrityError as e:
             raise IntegrityError(f"{name}: {e}") from None
         if root.seq != seq or self.job_id(root.job) != job_id:
             raise IntegrityError(f"{name}: holds snapshot {root.seq} of another job or position (moved or replaced)")
         return root, hashlib.sha256(blob).hexdigest()
+
+    def _check_signature(self, job_id: str, plain: bytes) -> bytes:
+        """A write-only vault's root JSON, once its Ed25519 signature checks; other vaults' as they are."""
+        signing = (self.config.get("write_only") or {}).get("signing_key")
+        if signing is None:
+            return plain
+        try:
+            outer = json.loads(plain)
+            inner = outer["root"].encode()
+            signature = base64.b64decode(outer["sig"], validate=True)
+            if outer.get("type") != "signed-snapshot":
+                raise ValueError
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise IntegrityError("unsigned or malformed root in a write-only vault") from None
+        try:
+            Ed25519PublicKey.from_public_bytes(bytes.fromhex(signing)).verify(
+                signature, _signed_message(self.vault_id, job_id, inner))
+        except (InvalidSignature, ValueError):
+            raise IntegrityError("root signature does not verify") from None
+        return inner
+
+    # -- auxiliary pages: readable with the daemon's key --------------------------
+
+    def write_meta_page(self, data: bytes) -> ChunkRef:
+        """Store a page of the vault's own bookkeeping (lists of blob names and sizes), sealed like roots
+        so the daemon can read it back in a write-only vault, and named in a domain of its own."""
+        pid = crypto.keyed_hash(self.keyring.id_key, b"meta", data).hex()
+        record = encode_record(data, True)
+        name = data_name(pid)
+        try:
+            size = _put_checked(self.store, name, self.seal(record))
+        except AlreadyExists:
+            size = self.store.stat(name)
+        self._note_checksum(name)
+        return ChunkRef(pid, size, 0, len(record), len(data), pid)
+
+    def read_meta_page(self, ref: ChunkRef) -> bytes:
+        name = data_name(ref.blob)
+        blob = self.store.get(name)
+        if len(blob) != ref.blob_size:
+            raise IntegrityError(f"{name}: stored size {len(blob)} differs from the recorded {ref.blob_size}")
+        try:
+            data = decode_record(self.open_blob(blob, name)[ref.offset:ref.offset + ref.length], ref.size)
+        except IntegrityError as e:
+            raise IntegrityError(f"{name}: {e}") from None
+        if crypto.keyed_hash(self.keyring.id_key, b"meta", data).hex() != ref.id:
+            raise IntegrityError(f"{name}: content does not match its hash")
+        return data
 
     def snapshot_seqs(self) -> dict[str, list[int]]:
         """job id -> sorted snapshot sequence numbers present in the vault."""
@@ -249,6 +338,14 @@ class Vault:
             blob_id = name.rsplit("/", 1)[-1]
             if name == data_name(blob_id):
                 yield blob_id, size
+
+
+def _signing_public(keyring: Keyring) -> bytes:
+    return Ed25519PrivateKey.from_private_bytes(keyring.sign_seed).public_key().public_bytes_raw()
+
+
+def _signed_message(vault_id: str, job_id: str, root_json: bytes) -> bytes:
+    return f"replicator root v1|{vault_id}|{job_id}|".encode() + root_json
 
 
 def _plain_size(record: bytes) -> int:
