@@ -53,7 +53,9 @@ def key_secrets(dir: Path, key_text: str) -> set[str]:
             config = (dir / "vault" / "config").read_bytes()
             ring = keys.unwrap_keyring((dir / "vault" / "keys" / master.key_id).read_bytes(), master,
                                        json.loads(config)["vault_id"], config)
-            out |= encodings(ring.data_kek) | encodings(ring.id_key)
+            for secret in (ring.data_kek, ring.id_key, ring.recipient_priv, ring.sign_seed):
+                if secret is not None:
+                    out |= encodings(secret)
         except Exception:
             pass
     return out
