@@ -140,13 +140,32 @@ class Catalogue:
 
     # -- a run ------------------------------------------------------------------------
 
-    def start_listing(self, job: str) -> None:
-        self.db.execute("DELETE FROM listing WHERE job=?", (job,))
+    def start_listing(self, job: str, progress: dict | None = None) -> None:
+        """Forget any earlier listing; `progress` (JSON-able) marks a listing that can be resumed."""
+        with self.transaction():
+            self.db.execute("DELETE FROM listing WHERE job=?", (job,))
+            self.set_meta(_LISTING + job, None if progress is None else json.dumps(progress))
 
-    def add_listing(self, job: str, items: list[SourceItem]) -> None:
+    def listing_progress(self, job: str) -> dict | None:
+        """The progress of an unfinished resumable listing (a run killed while listing), if any."""
+        text = self.meta(_LISTING + job)
+        return None if text is None else json.loads(text)
+
+    def add_listing(self, job: str, items: list[SourceItem], progress: dict | None = None) -> None:
+        """Record listed items, and with them (same transaction) how far the listing got."""
         with self.transaction():
             self.db.executemany("INSERT OR REPLACE INTO listing VALUES(?,?,?,?,?,?)",
                                 [(job, i.key, i.size, i.mtime, i.etag, i.version) for i in items])
+            if progress is not None:
+                self.set_meta(_LISTING + job, json.dumps(progress))
+
+    def listing_count(self, job: str) -> int:
+        return self.db.execute("SELECT count(*) FROM listing WHERE job=?", (job,)).fetchone()[0]
+
+    def end_listing(self, job: str) -> None:
+        """The listing is complete: a later crash starts the next run's listing afresh."""
+        with self.transaction():
+            self.set_meta(_LISTING + job, None)
 
     def to_copy(self, job: str, batch: int = 1000) -> Iterator[SourceItem]:
         """Listed items that are neither unchanged at the head nor already copied by an unfinished run.
@@ -366,6 +385,9 @@ class _Tx:
     def __exit__(self, typ, e, tb):
         self.db.execute("COMMIT" if e is None else "ROLLBACK")
         return False
+
+
+_LISTING = "listing-progress:"
 
 
 def _refs_json(refs: Iterable[ChunkRef]) -> str:

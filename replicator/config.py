@@ -59,6 +59,7 @@ class JobConfig:
     safety: Safety = field(default_factory=Safety)
     retention: Policy = field(default_factory=Policy)
     history: str = "current"  # "all": also import the source's versions (S3 versioning, GCS generations)
+    list_partitions: int = 1  # S3 sources: key ranges listed in parallel, each resumable (issue 9)
 
 
 @dataclass(frozen=True)
@@ -194,9 +195,11 @@ def _job(t: "_Reader") -> JobConfig:
     include = t.globs("include", default=("**",))
     exclude = t.globs("exclude", default=())
     history = _history(t, kind, source)
+    list_partitions = int(t.number("list_partitions", 1, 1, 256, integer=True))
     job = JobConfig(name=name, source=source, kind=kind, schedule=schedule, include=include,
                     exclude=exclude, source_options=t.options("source_options"), repositories=repositories,
-                    safety=_safety(t.table("safety")), retention=_retention(t.table("retention")), history=history)
+                    safety=_safety(t.table("safety")), retention=_retention(t.table("retention")), history=history,
+                    list_partitions=list_partitions)
     t.done()
     return job
 

@@ -134,18 +134,11 @@ def run_job(vault: Vault, cat: Catalogue, job: JobConfig, source: Source, *, dry
 
         import_history(vault, cat, job, source, started, stats, workers, stop)
 
-    cat.start_listing(job.name)
-    batch: list[SourceItem] = []
-    for item in source.list():
-        batch.append(item)
-        if len(batch) >= LIST_BATCH:
-            cat.add_listing(job.name, batch)
-            stats.listed += len(batch)
-            batch = []
-            if progress:
-                progress(stats)
-    cat.add_listing(job.name, batch)
-    stats.listed += len(batch)
+    started = _list(cat, job, source, stats, started, progress, stop)
+    if stop is not None and stop.is_set():
+        stats.errors.append("stopped while listing; the next run resumes the listing")
+        stats.seconds = time.monotonic() - t0
+        return stats
     stats.to_copy, stats.to_copy_bytes = cat.count_to_copy(job.name)
     if progress:
         progress(stats)
@@ -165,6 +158,76 @@ def run_job(vault: Vault, cat: Catalogue, job: JobConfig, source: Source, *, dry
     _write_snapshot(vault, cat, job, started, stats)
     stats.seconds = time.monotonic() - t0
     return stats
+
+
+def _list(cat: Catalogue, job: JobConfig, source: Source, stats: RunStats, started: datetime,
+          progress: Progress | None, stop: threading.Event | None) -> datetime:
+    """List the source into the catalogue; returns the snapshot's time (when the listing began).
+
+    A source that lists key ranges in order (S3) is listed as `job.list_partitions` ranges in
+    parallel, each batch committed with how far its range got: a run killed while listing a huge
+    bucket resumes every range where it stopped, and keeps the time the listing began."""
+    if not getattr(source, "resumable", False):
+        cat.start_listing(job.name)
+        _list_into(cat, job.name, source.list(), stats, progress, stop)
+        return started
+    state = cat.listing_progress(job.name)
+    if state is None:
+        ranges = source.key_ranges(job.list_partitions)
+        state = {"started": format_time_precise(started), "ranges": [[lo, hi, None, False] for lo, hi in ranges]}
+        cat.start_listing(job.name, state)
+    else:
+        stats.listed, stats.started = cat.listing_count(job.name), state["started"]
+        log.info("job %s: resuming the listing begun at %s (%d keys listed then)", job.name, state["started"], stats.listed)
+    lock = threading.Lock()
+
+    def list_range(i: int) -> None:
+        lo, hi, after, _ = state["ranges"][i]
+        batch: list[SourceItem] = []
+
+        def commit(done: bool) -> None:
+            with lock:
+                if batch:
+                    state["ranges"][i][2] = batch[-1].key
+                state["ranges"][i][3] = done
+                cat.add_listing(job.name, batch, state)
+                stats.listed += len(batch)
+            batch.clear()
+            if progress:
+                progress(stats)
+
+        for item in source.list_range(lo, hi, after):
+            batch.append(item)
+            if len(batch) >= LIST_BATCH:
+                commit(False)
+                if stop is not None and stop.is_set():
+                    return
+        commit(True)
+
+    todo = [i for i, r in enumerate(state["ranges"]) if not r[3]]
+    with ThreadPoolExecutor(max(1, len(todo)), thread_name_prefix="list") as pool:
+        for f in [pool.submit(list_range, i) for i in todo]:
+            f.result()  # the first failure is the run's error; what was listed stays for the next run
+    if stop is None or not stop.is_set():
+        cat.end_listing(job.name)
+    return datetime.strptime(state["started"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+
+
+def _list_into(cat: Catalogue, job: str, items, stats: RunStats, progress: Progress | None,
+               stop: threading.Event | None) -> None:
+    batch: list[SourceItem] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= LIST_BATCH:
+            cat.add_listing(job, batch)
+            stats.listed += len(batch)
+            batch = []
+            if progress:
+                progress(stats)
+            if stop is not None and stop.is_set():
+                return
+    cat.add_listing(job, batch)
+    stats.listed += len(batch)
 
 
 def _copy(vault: Vault, cat: Catalogue, job: str, source: Source, stats: RunStats, workers: int,

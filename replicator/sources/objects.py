@@ -67,29 +67,69 @@ class ObjectSource:
         return path[len(self.root) + 1:] if self.root else path
 
     def _list_s3(self) -> Iterator[SourceItem]:
-        """Page through ListObjectsV2: memory holds one batch, never the whole bucket."""
+        """Page through ListObjectsV2: memory holds one page, never the whole bucket."""
+        yield from self._list_s3_range("", None, None)
+
+    # -- huge buckets (issue 9): key ranges, listed on their own and resumed -----------------------
+
+    @property
+    def resumable(self) -> bool:
+        """Whether `list_range` lists in key order and can start after a given key (S3 ListObjectsV2)."""
+        return self.protocol in ("s3", "s3a") and not self.list_versions
+
+    def key_ranges(self, n: int) -> list[tuple[str, str | None]]:
+        """Up to n contiguous key ranges (lo, hi) covering every key: lo < key < hi, lo "" = the
+        start, hi None = the end. Cut at the source's top-level prefixes (one delimiter listing), so
+        each range can be listed by its own pager, in parallel, and resumed on its own."""
+        if n <= 1 or not self.resumable:
+            return [("", None)]
+        with _errors(self.url):
+            prefixes = self._top_prefixes()
+        if len(prefixes) < 2:
+            return [("", None)]
+        k = min(n, len(prefixes))
+        cuts = [prefixes[(i * len(prefixes)) // k] for i in range(1, k)]
+        bounds = [""] + cuts + [None]
+        return list(zip(bounds[:-1], bounds[1:]))
+
+    def list_range(self, lo: str, hi: str | None, after: str | None = None) -> Iterator[SourceItem]:
+        """The accepted items with lo < key < hi (and key > after, to resume), in key order."""
+        with _errors(self.url):
+            for item in self._list_s3_range(lo, hi, after):
+                if self.accept(item.key):
+                    yield item
+
+    def _list_s3_range(self, lo: str, hi: str | None, after: str | None) -> Iterator[SourceItem]:
         bucket, _, prefix = self.root.partition("/")
         prefix = prefix + "/" if prefix else ""
-        pages = self.fs._iterdir(bucket, delimiter="", prefix=prefix)
-
-        async def batch() -> list[dict]:
-            out = []
-            async for info in pages:
-                out.append(info)
-                if len(out) >= _LIST_BATCH:
-                    break
-            return out
-
+        start = max(lo, after or "")
+        kw = {"StartAfter": prefix + start} if start else {}
         while True:
-            infos = sync(self.fs.loop, batch)
-            if not infos:
+            out = sync(self.fs.loop, self.fs._call_s3, "list_objects_v2", Bucket=bucket, Prefix=prefix,
+                       MaxKeys=_LIST_BATCH, **kw)
+            for info in out.get("Contents", []):
+                key = info["Key"][len(prefix):]
+                if hi is not None and key >= hi:
+                    return
+                if not key.endswith("/"):  # a "directory" marker is not an object
+                    yield SourceItem(key, int(info["Size"]), _mtime(info), _etag(info), None)
+            if not out.get("IsTruncated"):
                 return
-            for info in infos:
-                name = info["name"]  # "bucket/key"
-                if info.get("type") != "file" or name.endswith("/"):
-                    continue
-                key = name[len(bucket) + 1 + len(prefix):]
-                yield SourceItem(key, int(info["size"]), _mtime(info), _etag(info), info.get("VersionId"))
+            kw = {"ContinuationToken": out["NextContinuationToken"]}
+
+    def _top_prefixes(self) -> list[str]:
+        """The sorted top-level "directories" under the source's prefix (relative, ending "/")."""
+        bucket, _, prefix = self.root.partition("/")
+        prefix = prefix + "/" if prefix else ""
+        out: list[str] = []
+        kw: dict[str, str] = {}
+        while True:
+            page = sync(self.fs.loop, self.fs._call_s3, "list_objects_v2", Bucket=bucket, Prefix=prefix,
+                        Delimiter="/", **kw)
+            out += [p["Prefix"][len(prefix):] for p in page.get("CommonPrefixes", [])]
+            if not page.get("IsTruncated"):
+                return sorted(out)
+            kw = {"ContinuationToken": page["NextContinuationToken"]}
 
     # -- versions (history = "all", issue 10) ------------------------------------------------------
 

@@ -1,0 +1,95 @@
+"""Huge buckets (issue 9): S3 listings in key ranges, in parallel, resumed after a crash."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from project import s3_fs, unique
+from replicator import engine
+from replicator.catalogue import Catalogue
+from replicator.config import JobConfig
+from replicator.engine import run_job
+from replicator.errors import SourceError
+from replicator.sources.objects import ObjectSource
+from replicator.stores.local import LocalStore
+from replicator.units import KeyFilter
+from replicator.vault.keys import MasterKey
+from replicator.vault.vault import Vault
+
+KEYS = sorted([f"p{i:02d}/obj-{j:03d}" for i in range(12) for j in range(25)]
+              + ["a-root-object", "p05", "p05-sibling", "zz-last", "p07/deep/er/key", "ünï/código"])
+
+
+@pytest.fixture
+def bucket(s3_server):
+    fs = s3_fs(s3_server)
+    name = unique("huge")
+    fs.mkdir(name)
+    for k in KEYS:
+        fs.pipe_file(f"{name}/{k}", k.encode())
+    fs.pipe_file(f"{name}/p03/", b"")  # a "directory" marker is not an object
+    return name
+
+
+def source(s3_server, bucket, cls=ObjectSource):
+    return cls(f"s3://{bucket}/", s3_server.fsspec_options(), KeyFilter(("**",), ()))
+
+
+def test_key_ranges_cover_every_key_once_in_order(s3_server, bucket):
+    src = source(s3_server, bucket)
+    assert src.resumable and src.key_ranges(1) == [("", None)]
+    ranges = src.key_ranges(5)
+    assert len(ranges) == 5 and ranges[0][0] == "" and ranges[-1][1] is None
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))  # contiguous
+    listed = [item.key for lo, hi in ranges for item in src.list_range(lo, hi)]
+    assert listed == KEYS  # each key once, in key order, markers left out
+    assert [i.key for i in src.list()] == KEYS
+    # Resuming a range after a key lists only what follows it.
+    lo, hi = ranges[2]
+    part = [i.key for i in src.list_range(lo, hi)]
+    assert [i.key for i in src.list_range(lo, hi, after=part[9])] == part[10:]
+
+
+class CrashingSource(ObjectSource):
+    """Lists normally, but dies after `budget` items: a process killed in the middle of a listing."""
+
+    budget = 10**9
+    listed = 0
+
+    def list_range(self, lo, hi, after=None):
+        for item in super().list_range(lo, hi, after):
+            if CrashingSource.listed >= CrashingSource.budget:
+                raise SourceError("injected: killed while listing")
+            CrashingSource.listed += 1
+            yield item
+
+
+def test_a_listing_killed_midway_resumes_where_each_range_stopped(s3_server, bucket, tmp_path, monkeypatch):
+    monkeypatch.setattr(engine, "LIST_BATCH", 20)
+    vault = Vault.create(LocalStore(str(tmp_path / "vault")), MasterKey(os.urandom(32)))
+    cat = Catalogue(tmp_path / "catalogue.db")
+    cat.bind(vault.vault_id)
+    job = JobConfig(name="huge", source=f"s3://{bucket}/", list_partitions=4)
+
+    CrashingSource.budget, CrashingSource.listed = 170, 0
+    with pytest.raises(SourceError):
+        run_job(vault, cat, job, source(s3_server, bucket, CrashingSource))
+    progress = cat.listing_progress("huge")
+    assert progress is not None and len(progress["ranges"]) == 4
+    kept = cat.listing_count("huge")
+    assert 0 < kept <= 170
+
+    CrashingSource.budget, CrashingSource.listed = 10**9, 0
+    stats = run_job(vault, cat, job, source(s3_server, bucket, CrashingSource))
+    assert CrashingSource.listed <= len(KEYS) - kept + 4 * 20  # at most one uncommitted batch per range again
+    assert CrashingSource.listed < len(KEYS)
+    assert stats.listed == len(KEYS) and stats.copied == len(KEYS) and not stats.errors
+    assert stats.started == progress["started"]  # the snapshot's time is when the listing began
+    assert cat.listing_progress("huge") is None
+    assert sorted(e.key for e in cat.entries("huge")) == KEYS
+
+    # The next run lists afresh and finds nothing to copy.
+    again = run_job(vault, cat, job, source(s3_server, bucket))
+    assert again.copied == 0 and again.unchanged == len(KEYS)
