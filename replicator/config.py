@@ -68,6 +68,18 @@ class NotifyConfig:
 
 
 @dataclass(frozen=True)
+class EngineConfig:
+    """Where copies run (issue 9): threads in this process, or tasks on a Dask cluster."""
+
+    kind: str = "local"  # "local" | "dask"
+    scheduler: str | None = None  # dask: the scheduler's address, tcp://HOST:8786
+    batch: int = 64  # dask: objects per task
+
+
+ENGINE_KINDS = ("local", "dask")
+
+
+@dataclass(frozen=True)
 class Config:
     vault: VaultConfig
     state_dir: Path
@@ -75,6 +87,7 @@ class Config:
     jobs: tuple[JobConfig, ...]
     path: Path | None = None
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
     def job(self, name: str) -> JobConfig:
         for j in self.jobs:
@@ -120,6 +133,7 @@ def parse(text: str, base_dir: Path, path: Path | None = None) -> Config:
     if webhook is not None and not re.fullmatch(r"https?://\S+", webhook):
         raise ConfigError("notify.webhook", f"expected an http:// or https:// URL, got {webhook!r}")
     notify.done()
+    engine = _engine(r.table("engine"))
     jobs = tuple(_job(j) for j in r.array_of_tables("jobs"))
     seen: set[str] = set()
     for i, j in enumerate(jobs):
@@ -128,7 +142,21 @@ def parse(text: str, base_dir: Path, path: Path | None = None) -> Config:
         seen.add(j.name)
     r.done()
     return Config(vault=vault, state_dir=state_dir, metrics_listen=listen, jobs=jobs, path=path,
-                  notify=NotifyConfig(webhook))
+                  notify=NotifyConfig(webhook), engine=engine)
+
+
+def _engine(t: "_Reader") -> EngineConfig:
+    kind = t.string("kind", default="local")
+    if kind not in ENGINE_KINDS:
+        raise ConfigError(t.key("kind"), f'must be "local" or "dask", got {kind!r}')
+    scheduler = t.string("scheduler", default=None)
+    if kind == "dask" and not scheduler:
+        raise ConfigError(t.key("scheduler"), 'kind = "dask" needs the scheduler\'s address, e.g. "tcp://HOST:8786"')
+    if scheduler is not None and not re.fullmatch(r"(tcp|tls|ws|wss|inproc)://\S+", scheduler):
+        raise ConfigError(t.key("scheduler"), f"expected an address like tcp://HOST:8786, got {scheduler!r}")
+    batch = int(t.number("batch", 64, 1, 100_000, integer=True))
+    t.done()
+    return EngineConfig(kind, scheduler, batch)
 
 
 def _vault(t: "_Reader", base_dir: Path) -> VaultConfig:

@@ -63,6 +63,7 @@ class RunStats:
 
 
 Progress = Callable[[RunStats], None]
+Copier = Callable[[Vault, Catalogue, str, Source, RunStats, int, "Progress | None", "threading.Event | None"], None]
 
 
 _UNWRITTEN = "unwritten-root:"
@@ -121,7 +122,10 @@ def sync_job(vault: Vault, cat: Catalogue, job: str) -> None:
 
 
 def run_job(vault: Vault, cat: Catalogue, job: JobConfig, source: Source, *, dry_run: bool = False,
-            workers: int = 8, progress: Progress | None = None, stop: threading.Event | None = None) -> RunStats:
+            workers: int = 8, progress: Progress | None = None, stop: threading.Event | None = None,
+            copier: "Copier | None" = None) -> RunStats:
+    """One pass of one job. `copier` does the copying (default: `_copy`, threads here; the Dask
+    engine is another with the same contract: record an object pending only once it is stored)."""
     stats = RunStats(job=job.name, dry_run=dry_run)
     t0 = time.monotonic()
     started = datetime.now(timezone.utc)
@@ -150,7 +154,7 @@ def run_job(vault: Vault, cat: Catalogue, job: JobConfig, source: Source, *, dry
         stats.seconds = time.monotonic() - t0
         return stats
 
-    _copy(vault, cat, job.name, source, stats, workers, progress, stop)
+    (copier or _copy)(vault, cat, job.name, source, stats, workers, progress, stop)
     if stop is not None and stop.is_set():
         stats.errors.append("stopped before the snapshot was written; the next run resumes")
         stats.seconds = time.monotonic() - t0

@@ -57,7 +57,7 @@ def run_one(cfg: Config, vault: Vault, job: JobConfig, *, dry_run: bool = False,
         opts = configmod.resolve_secrets(job.source_options, f"jobs[{index}].source_options")
         source = open_source(job, opts, state_dir=cfg.state_dir, catalogue=cat)
         stats = run_job(vault, cat, job, source, dry_run=dry_run, workers=workers,
-                        progress=progress or LogProgress(job.name), stop=stop)
+                        progress=progress or LogProgress(job.name), stop=stop, copier=_copier(cfg, job))
     except (SourceError, VaultError, StoreError) as e:
         kind = "source" if isinstance(e, SourceError) else "vault"
         return _failed(cat, job, started, t0, redact(str(e)), kind, dry_run, cfg.notify.webhook)
@@ -150,6 +150,15 @@ def observe_catalogue(cat: Catalogue, job: str) -> None:
     if last:
         metrics.JOB_LAST_SUCCESS.labels(job).set(datetime.strptime(last, "%Y-%m-%dT%H:%M:%SZ")
                                                  .replace(tzinfo=timezone.utc).timestamp())
+
+
+def _copier(cfg: Config, job: JobConfig):
+    """The Dask engine's copier for an objects job when [engine] kind = "dask"; else the engine's own."""
+    if cfg.engine.kind != "dask" or job.kind != "objects":
+        return None
+    from replicator.dask_engine import DaskCopier
+
+    return DaskCopier(cfg)
 
 
 def _now() -> str:

@@ -1,0 +1,170 @@
+"""Copies on a Dask cluster (issue 9, `[engine] kind = "dask"`).
+
+The coordinator (`replicator run` or the daemon) lists, plans, and alone writes snapshots and
+the catalogue, so the vault keeps a single writer of manifests. Workers only stream objects
+from the source into vault blobs and hand back the ChunkRefs. A task's blobs are written
+(create-only, size checked) before it returns, so the coordinator records an object as
+pending only once its content is stored. A worker lost mid-task loses nothing: Dask runs the
+task again on another worker, and blobs the lost one wrote are reused by name or left
+unreferenced (harmless, FORMAT.md §8).
+
+Workers need the replicator package, the config file at the same path and the key file it
+names: secrets never travel over the cluster's network, only keys and refs do.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import astuple
+
+from replicator.catalogue import Catalogue
+from replicator.config import Config
+from replicator.engine import Progress, RunStats
+from replicator.errors import ReplicatorError, SourceChanged, SourceError, StoreError
+from replicator.sources.base import Source, SourceItem
+from replicator.vault.format import CHUNK_SIZE, ChunkRef
+from replicator.vault.vault import Vault
+
+log = logging.getLogger("replicator.dask")
+
+
+class SchedulerUnreachable(ReplicatorError):
+    """The Dask scheduler named in [engine] does not answer."""
+
+
+class DaskCopier:
+    """Drop-in for the engine's thread-pool copy: the same contract, on a cluster."""
+
+    def __init__(self, cfg: Config):
+        if cfg.path is None:
+            raise ReplicatorError('[engine] kind = "dask" needs the config read from a file (workers read it too)')
+        self.cfg = cfg
+        self.config_path = str(cfg.path.resolve())
+
+    def __call__(self, vault: Vault, cat: Catalogue, job: str, source: Source, stats: RunStats, workers: int,
+                 progress: Progress | None, stop: threading.Event | None) -> None:
+        from distributed import as_completed
+
+        client = connect(self.cfg.engine.scheduler)
+        try:
+            threads = sum(client.nthreads().values()) or 1
+            limit = max(2, 2 * threads)
+            futures = as_completed(loop=client.loop)
+            in_flight: dict = {}
+
+            def submit(batch: list[SourceItem]) -> None:
+                f = client.submit(copy_batch, self.config_path, job, [astuple(i) for i in batch], pure=False,
+                                  retries=2)
+                in_flight[f] = batch
+                futures.add(f)
+
+            def collect(f) -> None:
+                del in_flight[f]
+                try:
+                    done, checksums = f.result()
+                except ReplicatorError:
+                    raise
+                except Exception as e:  # KilledWorker after Dask's retries, a lost connection, ...
+                    raise StoreError(f"a Dask copy task failed: {type(e).__name__}: {e}") from None
+                with cat.transaction():
+                    for fields, refs, problem in done:
+                        item = SourceItem(*fields)
+                        if problem is not None:
+                            (stats.warnings if problem[0] == "changed" else stats.errors).append(problem[1])
+                            continue
+                        chunk_refs = [ChunkRef.from_json(r) for r in refs]
+                        cat.add_pending(job, item, chunk_refs)
+                        cat.add_chunks(chunk_refs)
+                        stats.copied += 1
+                        stats.copied_bytes += item.size
+                    cat.record_checksums(checksums)
+                if progress:
+                    progress(stats)
+
+            batch: list[SourceItem] = []
+            try:
+                for item in cat.to_copy(job):
+                    if stop is not None and stop.is_set():
+                        break
+                    batch.append(item)
+                    if len(batch) >= self.cfg.engine.batch:
+                        submit(batch)
+                        batch = []
+                    while len(in_flight) >= limit:
+                        collect(next(futures))
+                if batch and not (stop is not None and stop.is_set()):
+                    submit(batch)
+                for f in futures:
+                    if stop is not None and stop.is_set() and not f.done():
+                        continue
+                    collect(f)
+            finally:
+                for f in list(in_flight):  # stopped or failed: what finished is recorded, the rest is dropped
+                    if f.done() and f.status == "finished":
+                        try:
+                            collect(f)
+                        except ReplicatorError:
+                            pass
+                    else:
+                        f.cancel()
+        finally:
+            client.close()
+
+
+def connect(address: str):
+    """A client of the scheduler at `address`; SchedulerUnreachable (exit 2) if it does not answer."""
+    from distributed import Client
+
+    try:
+        return Client(address, timeout="10s", set_as_default=False)
+    except (OSError, TimeoutError) as e:
+        raise SchedulerUnreachable(f"cannot reach the Dask scheduler at {address} ([engine] scheduler): "
+                                   f"{type(e).__name__}: {e}") from None
+
+
+# -- on the workers ------------------------------------------------------------------------------
+
+_CONTEXTS: dict[tuple, tuple[Vault, Source]] = {}
+_CONTEXTS_LOCK = threading.Lock()
+TASKS_DONE = 0  # copy tasks finished in this worker process (tests read it with client.run)
+
+
+def copy_batch(config_path: str, job: str, items: list[tuple]) -> tuple[list, list]:
+    """A Dask task: copy `items` of `job` into the vault. Returns ([(item fields, refs, problem)],
+    provider checksums of the blobs written). Runs on a worker; raises only what should fail the run."""
+    vault, source = _context(config_path, job)
+    out = []
+    for fields in items:
+        item = SourceItem(*fields)
+        try:
+            refs = [vault.write_chunk(data).to_json() for data in source.read(item, CHUNK_SIZE)]
+            out.append((fields, refs, None))
+        except SourceChanged as e:
+            out.append((fields, None, ("changed", str(e))))
+        except SourceError as e:
+            out.append((fields, None, ("error", str(e))))
+    global TASKS_DONE
+    TASKS_DONE += 1
+    return out, vault.take_checksums()
+
+
+def _context(config_path: str, job_name: str) -> tuple[Vault, Source]:
+    """The vault and source of a job on this worker, opened once per config version."""
+    key = (config_path, job_name, os.stat(config_path).st_mtime_ns)
+    with _CONTEXTS_LOCK:
+        if key not in _CONTEXTS:
+            from replicator import config as configmod
+            from replicator.sources import open_source
+            from replicator.stores import open_store
+            from replicator.vault.keys import load_key_file
+
+            cfg = configmod.load(configmod.config_path(config_path))
+            job = cfg.job(job_name)
+            v = cfg.vault
+            store = open_store(v.url, configmod.resolve_secrets(v.options, "vault.options"), v.bandwidth, v.immutability)
+            vault = Vault.open(store, load_key_file(v.key_file))
+            opts = configmod.resolve_secrets(job.source_options, f"jobs[{cfg.jobs.index(job)}].source_options")
+            _CONTEXTS[key] = (vault, open_source(job, opts))
+        return _CONTEXTS[key]
