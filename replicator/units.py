@@ -83,8 +83,10 @@ def glob_to_regex(pattern: str) -> re.Pattern:
                 raise ValueError(f"unclosed '[' in pattern {pattern!r}")
             body = pattern[i + 1 : j]
             neg = body[:1] in ("!", "^")
-            # every member literal but `-` (ranges): `[`, `&&`, `~~`, `||` would be regex set syntax
-            members = "".join(c if c == "-" else re.escape(c) for c in body[neg:])
+            # every member literal but a lone `-` (a range): `[`, `--`, `&&`, `~~`, `||` would be regex set syntax
+            members = body[neg:]
+            members = "".join("-" if c == "-" and "-" not in (members[k - 1:k], members[k + 1:k + 2]) else re.escape(c)
+                              for k, c in enumerate(members))
             out.append("[" + ("^" if neg else "") + members + "]")
             i = j + 1
         else:
