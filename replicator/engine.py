@@ -1,11 +1,13 @@
 """One replication pass of one job: sync the catalogue, list, copy what changed, write a snapshot.
 
 Order of effects, which is what makes a crash at any moment safe:
-  1. every blob is written (create-only, size checked) before the catalogue records it;
-  2. copied objects are recorded as `pending`, so a killed run resumes where it stopped;
-  3. the snapshot root is written last, then the catalogue commits the new head in one
-     transaction; if the process dies between the two, the next run finds the root in
-     the vault and applies it (`sync_job`).
+  1. listed keys are committed in batches with the listing's progress, so a run killed while
+     listing a huge S3 bucket resumes the listing (`_list`);
+  2. every blob is written (create-only, size checked) before the catalogue records it;
+  3. copied objects are recorded as `pending`, so a killed run resumes where it stopped;
+  4. the catalogue commits the new head together with the sealed root's bytes, then the
+     root is put; if the process dies between the two, the next run puts those same bytes
+     (`put_unwritten_root`), which needs no key that reads manifests (write-only vaults).
 """
 
 from __future__ import annotations
