@@ -44,6 +44,9 @@ CREATE TABLE IF NOT EXISTS retention(name TEXT PRIMARY KEY, until REAL) WITHOUT 
 CREATE TABLE IF NOT EXISTS checksums(name TEXT PRIMARY KEY, checksum TEXT, recorded REAL, origin TEXT) WITHOUT ROWID;
 -- issue 10: deep-verify coverage of referenced blobs: first seen (unix time) and last read in full (NULL: never)
 CREATE TABLE IF NOT EXISTS coverage(blob TEXT PRIMARY KEY, first_seen REAL, verified REAL) WITHOUT ROWID;
+-- issue 9: the keys an event run looked at (a partial listing). While a job has rows here, its
+-- listing covers only these keys: tombstones and the end of the run are restricted to them.
+CREATE TABLE IF NOT EXISTS scope(job TEXT, key TEXT, PRIMARY KEY(job, key)) WITHOUT ROWID;
 """
 
 
@@ -57,6 +60,7 @@ def same(a: str, b: str) -> str:
 class Catalogue:
     def __init__(self, path: Path):
         self.path = path
+        self.carry: tuple[int, int, int, int] | None = None  # set_carry (issue 9)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # One connection per run; concurrent runs of different jobs wait for each other's commits.
@@ -81,7 +85,7 @@ class Catalogue:
             return
         with self.transaction():
             for t in ("snapshots", "entries", "pending", "listing", "chunks", "runs", "meta", "retention",
-                      "checksums", "coverage"):
+                      "checksums", "coverage", "scope"):
                 self.db.execute(f"DELETE FROM {t}")
             self.db.execute("INSERT INTO meta VALUES('vault_id', ?)", (vault_id,))
 
@@ -142,6 +146,28 @@ class Catalogue:
 
     def start_listing(self, job: str) -> None:
         self.db.execute("DELETE FROM listing WHERE job=?", (job,))
+        self.db.execute("DELETE FROM scope WHERE job=?", (job,))  # a full listing: no partial scope
+
+    def start_partial_listing(self, job: str, keys: Iterable[str]) -> None:
+        """An event run (issue 9): the listing that follows covers exactly `keys` (those still in the
+        source are added with add_listing); keys outside them are neither tombstoned nor touched."""
+        keys = list(keys)
+        if not keys:  # an empty scope would read as a full listing of nothing: every key tombstoned
+            raise ValueError("a partial listing needs at least one key")
+        with self.transaction():
+            self.db.execute("DELETE FROM listing WHERE job=?", (job,))
+            self.db.execute("DELETE FROM scope WHERE job=?", (job,))
+            self.db.executemany("INSERT OR IGNORE INTO scope VALUES(?, ?)", ((job, k) for k in keys))
+        self.carry = None
+
+    def set_carry(self, live_before: int, deleted: int, rewritten: int, suspicious: int) -> None:
+        """Changes that event runs recorded since the last full run (issue 9): the breaker of a partial
+        run judges them together with its own, against the live count before the first of them, as a
+        full run would have seen them at once (change_counts)."""
+        self.carry = (live_before, deleted, rewritten, suspicious)
+
+    def partial(self, job: str) -> bool:
+        return self.db.execute("SELECT 1 FROM scope WHERE job=? LIMIT 1", (job,)).fetchone() is not None
 
     def add_listing(self, job: str, items: list[SourceItem]) -> None:
         with self.transaction():
@@ -187,7 +213,9 @@ class Catalogue:
                     AND NOT EXISTS (SELECT 1 FROM entries b WHERE b.job=:job AND b.key=a.key AND {same("a", "b")})""",
                         {"job": job})
         self.db.execute("""INSERT INTO delta SELECT key, 0, NULL, NULL, NULL, '[]', 1 FROM entries e
-                  WHERE job=:job AND NOT EXISTS (SELECT 1 FROM listing l WHERE l.job=:job AND l.key=e.key)""",
+                  WHERE job=:job AND NOT EXISTS (SELECT 1 FROM listing l WHERE l.job=:job AND l.key=e.key)
+                    AND (NOT EXISTS (SELECT 1 FROM scope s WHERE s.job=:job)
+                         OR EXISTS (SELECT 1 FROM scope s WHERE s.job=:job AND s.key=e.key))""",
                         {"job": job})
         return self.db.execute("SELECT count(*) FROM delta").fetchone()[0]
 
@@ -205,12 +233,15 @@ class Catalogue:
         extension: a new key that is a vanished key plus `.ext`)."""
         live = self.live_count(job)
         deleted = self.db.execute("SELECT count(*) FROM delta WHERE deleted=1").fetchone()[0]
+        carry = self.carry
         rewritten = self.db.execute("SELECT count(*) FROM delta d JOIN entries e ON e.job=? AND e.key=d.key "
                                     "WHERE d.deleted=0", (job,)).fetchone()[0]
         renamed = self.db.execute(
             "SELECT count(DISTINCT o.key) FROM delta o JOIN delta n ON n.deleted=0 AND o.deleted=1 "
             "AND n.key > o.key || '.' AND n.key < o.key || '/' AND instr(substr(n.key, length(o.key) + 2), '/') = 0 "
             "AND substr(n.key, 1, length(o.key) + 1) = o.key || '.'").fetchone()[0]
+        if carry is not None and self.partial(job):  # an event run: add what earlier event runs recorded
+            return max(carry[0], live), deleted + carry[1], rewritten + carry[2], renamed + carry[3]
         return live, deleted, rewritten, renamed
 
     def rewrites(self, job: str) -> Iterator[tuple[Entry, Entry]]:
@@ -237,7 +268,15 @@ class Catalogue:
             yield _entry(row)
 
     def finish_run(self, job: str, keep_held: bool = False) -> None:
-        """Forget the run's listing and pending copies (held ones are kept: no need to read them again)."""
+        """Forget the run's listing and pending copies (held ones are kept: no need to read them again).
+        After an event run only the scoped keys' copies are forgotten: an interrupted full run's stay."""
+        if self.partial(job):
+            held = " AND key NOT IN (SELECT key FROM held)" if keep_held else ""
+            self.db.execute(f"DELETE FROM pending WHERE job=? AND key IN (SELECT key FROM scope WHERE job=?){held}", (job, job))
+            self.db.execute("DELETE FROM listing WHERE job=?", (job,))
+            self.db.execute("DELETE FROM scope WHERE job=?", (job,))
+            return
+        self.db.execute("DELETE FROM meta WHERE k=?", (f"events:carry:{job}",))  # a full run judged everything anew
         if keep_held:
             self.db.execute("DELETE FROM pending WHERE job=? AND key NOT IN (SELECT key FROM held)", (job,))
         else:
