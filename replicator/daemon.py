@@ -398,7 +398,7 @@ class EventConsumer(threading.Thread):
         metrics.EVENTS_OLDEST_PENDING.labels(name).set(0)
 
 
-class _Stopping(ReplicatorError):
+class _Stopping(Exception):
     """Halted or stopped while holding messages: they are released."""
 
 

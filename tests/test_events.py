@@ -281,3 +281,105 @@ def test_a_mass_deletion_arriving_as_events_trips_the_breaker(tmp_path, s3_serve
     state = s.vault_state()
     assert len(state) >= 31 and state["new.txt"] == b"new" and sorted(original)[-1] in state
     assert all(state[k] == v for k, v in original.items() if k in state)
+
+
+def test_sigterm_while_an_event_run_copies_leaves_the_uncovered_events_in_the_queue(tmp_path, s3_server):
+    s = Setup(tmp_path, s3_server)
+    s.put("seed", b"seed")
+    s.p.cli("run")  # a success just now: the daemon will not run the job at start, only events
+    s.drain()
+    for i in range(150):
+        s.put(f"bulk/{i:03d}", os.urandom(200_000))
+    proc = s.p.popen("daemon")
+    try:
+        wait_until(lambda: s.counter("replicator_events_oldest_pending_timestamp_seconds") > 0, what="events held")
+    finally:
+        t0 = time.monotonic()
+        s.stop(proc)
+    assert time.monotonic() - t0 < 30
+    assert "vault OK" in s.p.cli("verify").stdout
+    # whatever the stopped run had not covered by a snapshot is delivered again, at once (released,
+    # not left to the 300 s visibility timeout), and the restarted daemon records all of it by events
+    proc = s.p.popen("daemon")
+    try:
+        wait_until(lambda: metric(s.m(), "replicator_job_live_objects", job="ev") == 151, timeout=60,
+                   what="every object, after the restart")
+        assert s.counter("replicator_job_runs_total", result="success") == 0  # no scheduled run in this daemon
+    finally:
+        s.stop(proc)
+    assert s.vault_state() == s.source_state()
+
+
+def test_check_config_reaches_the_queue_and_names_a_bad_one(tmp_path, s3_server):
+    s = Setup(tmp_path, s3_server)
+    out = s.p.json("check-config", "--no-probe")
+    ev = [c for c in out["checks"] if c["what"].startswith("job ev: events")]
+    assert ev and ev[0]["ok"] and "queue reachable" in ev[0]["detail"]
+    s.p.config.write_text(s.p.config.read_text().replace(s.queue, s.queue + "-missing"))
+    out = s.p.json("check-config", "--no-probe", check=1)
+    ev = [c for c in out["checks"] if c["what"].startswith("job ev: events")]
+    assert not ev[0]["ok"] and "get_queue_attributes failed" in ev[0]["detail"]
+    assert "testing" not in json.dumps(out)  # no secret in the report
+
+
+@pytest.mark.parametrize("body, expected", [
+    # the shape S3 sends (URL-encoded key, '+' for a space, a literal '+' as %2B), under the job's prefix
+    ({"Records": [{"eventName": "ObjectCreated:Put", "eventTime": "2026-01-02T03:04:05.250Z",
+                   "s3": {"bucket": {"name": "b"}, "object": {"key": "team/with+space/%C3%BC%2Bx.txt", "eTag": "e1",
+                                                              "sequencer": "0055AED6DCD90281E5"}}}]},
+     [("with space/ü+x.txt", "created", 1767323045.25, "0055AED6DCD90281E5")]),
+    ({"Records": [{"eventName": "ObjectRemoved:DeleteMarkerCreated", "eventTime": "2026-01-02T03:04:05Z",
+                   "s3": {"bucket": {"name": "b"}, "object": {"key": "team/a"}}},
+                  {"eventName": "LifecycleExpiration:Delete", "eventTime": "2026-01-02T03:04:05Z",
+                   "s3": {"bucket": {"name": "b"}, "object": {"key": "team/b"}}}]},
+     [("a", "removed", 1767323045.0, None), ("b", "removed", 1767323045.0, None)]),
+    # relayed through an SNS topic
+    ({"Type": "Notification", "Message": json.dumps({"Records": [{"eventName": "ObjectCreated:Copy",
+      "eventTime": "2026-01-02T03:04:05Z", "s3": {"bucket": {"name": "b"}, "object": {"key": "team/c"}}}]})},
+     [("c", "created", 1767323045.0, None)]),
+    # nothing for the job: the test event, another bucket, outside the prefix, tagging, a "directory"
+    ({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "b"}, []),
+    ({"Records": [{"eventName": "ObjectCreated:Put", "eventTime": "2026-01-02T03:04:05Z",
+                   "s3": {"bucket": {"name": "other"}, "object": {"key": "team/x"}}},
+                  {"eventName": "ObjectCreated:Put", "eventTime": "2026-01-02T03:04:05Z",
+                   "s3": {"bucket": {"name": "b"}, "object": {"key": "teamx/y"}}},
+                  {"eventName": "ObjectTagging:Put", "eventTime": "2026-01-02T03:04:05Z",
+                   "s3": {"bucket": {"name": "b"}, "object": {"key": "team/z"}}},
+                  {"eventName": "ObjectCreated:Put", "eventTime": "2026-01-02T03:04:05Z",
+                   "s3": {"bucket": {"name": "b"}, "object": {"key": "team/dir/"}}}]}, []),
+    # not an S3 notification at all, or a malformed record: ignored (the scheduled run reconciles)
+    ("not json", []),
+    ({"Records": [{"eventName": "ObjectCreated:Put", "s3": {}}]}, []),
+])
+def test_s3_event_messages_parse_into_events_for_the_job(body, expected):
+    from replicator.events.sqs import SqsEvents
+
+    src = SqsEvents("https://sqs.eu-west-1.amazonaws.com/123456789012/q", {}, "s3://b/team/")
+    text = body if isinstance(body, str) else json.dumps(body)
+    assert [(e.key, e.kind, e.time, e.sequencer) for e in src.parse(text)] == expected
+    assert src.client.meta.region_name == "eu-west-1"  # from the queue's URL
+
+
+@pytest.mark.parametrize("events, error", [
+    ('kind = "pubsub"\nqueue_url = "https://sqs.us-east-1.amazonaws.com/1/q"', "jobs[0].events.kind"),
+    ('kind = "sqs"', "jobs[0].events.queue_url: missing"),
+    ('kind = "sqs"\nqueue_url = "q"', "jobs[0].events.queue_url"),
+    ('kind = "sqs"\nqueue_url = "https://sqs.us-east-1.amazonaws.com/1/q"\noptions = { profile = "x" }',
+     "jobs[0].events.options.profile: unknown option"),
+    ('kind = "sqs"\nqueue_url = "https://sqs.us-east-1.amazonaws.com/1/q"\nbatch_window = 120', "jobs[0].events.batch_window"),
+    ('kind = "sqs"\nqueue_url = "https://sqs.us-east-1.amazonaws.com/1/q"\nwhat = 1', "jobs[0].events.what: unknown key"),
+])
+def test_events_config_errors_name_the_key(tmp_path, events, error):
+    from replicator import config
+    from replicator.errors import ConfigError
+
+    text = ('[vault]\nurl = "/tmp/v"\n[[jobs]]\nname = "j"\nsource = "s3://b/"\n[jobs.events]\n' + events + "\n")
+    with pytest.raises(ConfigError) as e:
+        config.parse(text, tmp_path)
+    assert error in str(e.value)
+    ok = config.parse('[vault]\nurl = "/tmp/v"\n[[jobs]]\nname = "j"\nsource = "s3://b/p/"\n[jobs.events]\nkind = "sqs"\n'
+                      'queue_url = "https://sqs.us-east-1.amazonaws.com/1/q"\noptions = { key = "env:K", secret = "file:/s" }\n', tmp_path)
+    assert ok.jobs[0].events.options == {"key": "env:K", "secret": "file:/s"} and ok.jobs[0].events.batch_window == 1.0
+    with pytest.raises(ConfigError, match="s3://"):
+        config.parse('[vault]\nurl = "/tmp/v"\n[[jobs]]\nname = "j"\nsource = "gs://b/"\n[jobs.events]\nkind = "sqs"\n'
+                     'queue_url = "https://sqs.us-east-1.amazonaws.com/1/q"\n', tmp_path)
