@@ -33,7 +33,7 @@ UNIT_FILES = ["replicator.service", "replicator-verify.service", "replicator-ver
 # systemd-analyze security --offline=yes: the issue demands 1.5 or better for the daemon.
 EXPOSURE_LIMITS = {"replicator.service": 1.5, "replicator-verify.service": 2.0}
 ALERT_NAMES = {"ReplicatorCopyStale", "ReplicatorRunFailing", "ReplicatorVerifyFailing", "ReplicatorVerifyStale",
-               "ReplicatorVaultUnprotected", "ReplicatorDown", "ReplicatorBreakerTripped"}
+               "ReplicatorVaultUnprotected", "ReplicatorDown", "ReplicatorBreakerTripped", "ReplicatorReplicationLagHigh"}
 NOT_OURS = {"up"}  # Prometheus' own series
 
 
