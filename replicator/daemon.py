@@ -315,6 +315,7 @@ class EventConsumer(threading.Thread):
         self.d, self.cfg, self.job, self.index = daemon, cfg, job, index
         self.halt = threading.Event()
         self.source = None
+        self.failed_since: float | None = None  # oldest event time of a batch whose run failed (it comes back)
 
     def stopping(self) -> bool:
         return self.halt.is_set() or self.d.stop.is_set()
@@ -345,7 +346,7 @@ class EventConsumer(threading.Thread):
             finally:
                 if held and self.source is not None:
                     self.source.release(held)
-                gauge.set(0)
+                gauge.set(self.failed_since or 0)  # a failed batch is still uncovered: the lag alert sees it
 
     def _gather(self) -> list:
         """The first messages (long poll), then whatever arrives within the batch window."""
@@ -373,7 +374,7 @@ class EventConsumer(threading.Thread):
         times: dict[str, float] = {}
         for e in events:
             times[e.key] = max(times.get(e.key, 0.0), e.time)
-        metrics.EVENTS_OLDEST_PENDING.labels(name).set(min(times.values()))
+        metrics.EVENTS_OLDEST_PENDING.labels(name).set(min(min(times.values()), self.failed_since or float("inf")))
         lock = self.d.job_lock(name)
         while not lock.acquire(timeout=0.5):  # a scheduled run of the job is going: the events wait
             if self.stopping():
@@ -389,13 +390,14 @@ class EventConsumer(threading.Thread):
         stats = outcome.stats
         if outcome.ok or (stats is not None and stats.breaker and stats.seq is not None):
             self.source.ack(messages)  # the snapshot covering them is in the vault (or nothing needed one)
+            self.failed_since = None
             return
         if stats is not None and self.d.stop.is_set():
             raise _Stopping
         why = outcome.error or "; ".join(stats.errors[:3])
         log.error("job %s: event run failed (%s); its %d messages come back after the visibility timeout",
                   name, why, len(messages))
-        metrics.EVENTS_OLDEST_PENDING.labels(name).set(0)
+        self.failed_since = min(self.failed_since or float("inf"), min(times.values()))
 
 
 class _Stopping(Exception):

@@ -416,3 +416,113 @@ def test_events_config_errors_name_the_key(tmp_path, events, error):
     with pytest.raises(ConfigError, match="s3://"):
         config.parse('[vault]\nurl = "/tmp/v"\n[[jobs]]\nname = "j"\nsource = "gs://b/"\n[jobs.events]\nkind = "sqs"\n'
                      'queue_url = "https://sqs.us-east-1.amazonaws.com/1/q"\n', tmp_path)
+
+
+# -- the engine's event run, in process (a local source and vault) -----------------------------------
+
+
+def _engine(tmp_path, safety=None):
+    from replicator.breaker import Safety
+    from replicator.catalogue import Catalogue
+    from replicator.config import JobConfig
+    from replicator.sources.objects import ObjectSource
+    from replicator.stores.local import LocalStore
+    from replicator.units import KeyFilter
+    from replicator.vault import keys
+    from replicator.vault.vault import Vault
+
+    src = tmp_path / "src"
+    src.mkdir()
+    vault = Vault.create(LocalStore(str(tmp_path / "v")), keys.MasterKey(os.urandom(32)))
+    cat = Catalogue(tmp_path / "cat.db")
+    cat.bind(vault.vault_id)
+    job = JobConfig(name="j", source=f"file://{src}", safety=safety or Safety())
+    source = ObjectSource(job.source, {}, KeyFilter(("**",), ("skip/**",)))
+    return src, vault, cat, job, source
+
+
+def _live(cat) -> dict:
+    return {e.key: e.size for e in cat.entries("j")}
+
+
+def test_an_event_run_touches_only_the_named_keys(tmp_path):
+    from replicator.engine import run_events, run_job
+
+    src, vault, cat, job, source = _engine(tmp_path)
+    for i in range(5):
+        (src / f"k{i}").write_bytes(b"x" * (i + 1))
+    assert run_job(vault, cat, job, source).seq == 0
+    (src / "k0").unlink()  # not named by any event: stays live
+    (src / "k1").unlink()
+    (src / "k2").write_bytes(b"changed!")
+    (src / "new").write_bytes(b"new")
+    (src / "k3").write_bytes(b"also changed, not named")
+    st = run_events(vault, cat, job, source, ["k1", "k2", "new", "never-existed", "k4"])
+    assert (st.seq, st.copied, st.tombstones, st.listed) == (1, 2, 1, 3)
+    assert sorted(st.changed_keys) == ["k1", "k2", "new"]
+    assert _live(cat) == {"k0": 1, "k2": 8, "k3": 4, "k4": 5, "new": 3}  # k3 and k0 untouched
+    again = run_events(vault, cat, job, source, ["k1", "k2", "new"])  # duplicates: nothing to record
+    assert again.seq is None and again.copied == 0 and cat.head("j")[0] == 1
+    full = run_job(vault, cat, job, source)  # the reconciliation finds what events did not name
+    assert (full.copied, full.tombstones) == (1, 1)
+    assert not cat.partial("j")
+
+
+def test_an_interrupted_full_run_keeps_its_copies_across_an_event_run(tmp_path):
+    import threading
+
+    from replicator.engine import run_events, run_job
+
+    src, vault, cat, job, source = _engine(tmp_path)
+    (src / "a").write_bytes(b"a")
+    run_job(vault, cat, job, source)
+    for i in range(30):
+        (src / f"bulk{i:02d}").write_bytes(os.urandom(1000))
+    stop = threading.Event()
+    seen = []
+
+    def progress(s):
+        seen.append(s.copied)
+        if s.copied >= 5:
+            stop.set()
+
+    interrupted = run_job(vault, cat, job, source, stop=stop, progress=progress, workers=1)
+    assert interrupted.seq is None and interrupted.copied >= 5
+    pending = cat.db.execute("SELECT count(*) FROM pending WHERE job='j'").fetchone()[0]
+    assert pending >= 5
+    (src / "a").write_bytes(b"A!")
+    assert run_events(vault, cat, job, source, ["a"]).seq == 1
+    assert cat.db.execute("SELECT count(*) FROM pending WHERE job='j'").fetchone()[0] == pending
+    resumed = run_job(vault, cat, job, source)
+    assert resumed.copied == 30 - pending  # what the interrupted run copied is not copied again
+    assert len(_live(cat)) == 31
+
+
+def test_event_runs_add_up_for_the_breaker_until_a_full_run(tmp_path):
+    from replicator.breaker import Safety
+    from replicator.engine import run_events, run_job
+
+    src, vault, cat, job, source = _engine(tmp_path, Safety(max_deleted_fraction=0.25, min_objects=5))
+    for i in range(40):
+        (src / f"k{i:02d}").write_bytes(b"data")
+    run_job(vault, cat, job, source)
+    results = []
+    for batch in range(5):  # 4 deletions per event run: 4, 8 of 40 pass; 12 (30%) trips
+        names = [f"k{i:02d}" for i in range(batch * 4, batch * 4 + 4)]
+        for n in names:
+            (src / n).unlink()
+        results.append(run_events(vault, cat, job, source, names))
+    assert [bool(r.breaker) for r in results] == [False, False, True, True, True]
+    assert results[2].newly_tripped and not results[3].newly_tripped
+    assert len(_live(cat)) == 32 and cat.meta("breaker:j")
+    (src / "fresh").write_bytes(b"fresh")  # a new object still goes in while the breaker holds deletions
+    assert run_events(vault, cat, job, source, ["fresh"]).breaker
+    assert "fresh" in _live(cat) and cat.meta("breaker:j")
+    full = run_job(vault, cat, job, source)  # the full run judges the whole deletion itself: still held
+    assert full.breaker and len(_live(cat)) == 33
+    cat.set_meta("approve:j", "now")
+    (src / "k39").unlink()
+    assert not run_events(vault, cat, job, source, ["k39"]).breaker  # approved: the event run applies it ...
+    assert cat.meta("approve:j")  # ... and the approval stays for the full run
+    assert not run_job(vault, cat, job, source).breaker
+    assert len(_live(cat)) == 20 and not cat.meta("breaker:j") and not cat.meta("events:carry:j")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator
@@ -99,6 +100,14 @@ class ObjectSource:
 
     def _info(self, key: str) -> SourceItem | None:
         path = f"{self.root}/{key}" if self.root else key
+        if self.protocol == "file":  # as _list_local gives it
+            try:
+                st = os.stat(path, follow_symlinks=False)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            return SourceItem(key, st.st_size, _iso(st.st_mtime), f"{st.st_mtime_ns:x}-{st.st_size:x}", None)
         self.fs.invalidate_cache(path)
         try:
             info = self.fs.info(path)
