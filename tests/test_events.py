@@ -147,6 +147,60 @@ def test_single_writes_are_replicated_within_seconds_by_events_alone(tmp_path, s
     assert "vault OK" in s.p.cli("verify").stdout
 
 
+def test_a_burst_of_writes_is_replicated_by_a_few_event_runs(tmp_path, s3_server):
+    s = Setup(tmp_path, s3_server)
+    s.put("seed", b"seed")
+    s.drain()
+    proc = s.daemon()
+    try:
+        t0 = time.time()
+        for i in range(200):  # as fast as one client writes to moto
+            s.put(f"burst/{i:03d}", os.urandom(20_000))
+        t_written = time.time()
+        wait_until(lambda: metric(s.m(), "replicator_job_live_objects", job="ev") == 201, timeout=60,
+                   what="the burst in the vault")
+        done = time.time()
+        m = s.m()
+        runs = metric(m, "replicator_event_runs_total", job="ev", result="success")
+        n = metric(m, "replicator_replication_lag_seconds_count", job="ev")
+        mean = metric(m, "replicator_replication_lag_seconds_sum", job="ev") / n
+        print(f"\nburst: 200 writes in {t_written - t0:.2f}s, all in the vault {done - t_written:.2f}s after the last; "
+              f"{runs:.0f} event runs; mean lag {mean:.2f}s, last run's max {metric(m, 'replicator_replication_lag_last_seconds', job='ev'):.2f}s")
+        record("events_burst", writes=200, write_seconds=t_written - t0, settle_seconds=done - t_written,
+               event_runs=runs, mean_lag=mean)
+        assert n == 200 and runs < 100  # batched: far fewer snapshots than writes
+        assert done - t_written < 15 and mean < 15
+        assert s.counter("replicator_job_runs_total", result="success") == 1
+    finally:
+        s.stop(proc)
+    assert s.vault_state() == s.source_state()
+
+
+def test_events_during_a_scheduled_run_wait_for_it_and_never_overlap(tmp_path, s3_server):
+    s = Setup(tmp_path, s3_server)
+    for i in range(500):
+        s.put(f"bulk/{i:03d}", os.urandom(50_000))
+    s.drain()
+    proc = s.p.popen("daemon")  # never ran: the overdue scheduled run starts at once and takes a while
+    try:
+        wait_until(lambda: s.counter("replicator_job_running") == 1, what="the scheduled run")
+        s.put("during.txt", b"written during the scheduled run")
+        s.delete("bulk/499")
+        wait_until(lambda: s.counter("replicator_events_oldest_pending_timestamp_seconds") > 0, what="events held")
+        assert s.counter("replicator_job_running") == 1  # held, not run alongside
+        wait_until(lambda: s.counter("replicator_job_runs_total", result="success") == 1, timeout=120,
+                   what="the scheduled run's end")
+        wait_until(lambda: s.counter("replicator_events_oldest_pending_timestamp_seconds") == 0
+                   and s.counter("replicator_event_runs_total", result="success")
+                   + s.counter("replicator_event_runs_total", result="unchanged") >= 1, what="the held events run")
+        assert s.counter("replicator_event_runs_total", result="failure") == 0
+        print(f"\nscheduled run: {s.counter('replicator_job_last_run_duration_seconds'):.1f}s")
+    finally:
+        s.stop(proc)
+    assert s.vault_state() == s.source_state()
+    assert "vault OK" in s.p.cli("verify").stdout
+
+
 def test_unusual_keys_under_a_prefix_arrive_through_url_encoded_events(tmp_path, s3_server):
     s = Setup(tmp_path, s3_server, prefix="team/")
     s.put("first", b"1")
