@@ -47,6 +47,11 @@ CREATE TABLE IF NOT EXISTS coverage(blob TEXT PRIMARY KEY, first_seen REAL, veri
 -- issue 9: the keys an event run looked at (a partial listing). While a job has rows here, its
 -- listing covers only these keys: tombstones and the end of the run are restricted to them.
 CREATE TABLE IF NOT EXISTS scope(job TEXT, key TEXT, PRIMARY KEY(job, key)) WITHOUT ROWID;
+-- issue 9: the net change event runs made to each key since the job's last full run, as that run's
+-- listing would see it: 'created' (not live then), 'deleted' or 'rewritten' (live then); suspicious =
+-- a rewrite that looked like encryption or a rename to a new extension. For the breaker (change_counts).
+CREATE TABLE IF NOT EXISTS event_changes(job TEXT, key TEXT, what TEXT, suspicious INTEGER,
+    PRIMARY KEY(job, key)) WITHOUT ROWID;
 """
 
 
@@ -60,7 +65,7 @@ def same(a: str, b: str) -> str:
 class Catalogue:
     def __init__(self, path: Path):
         self.path = path
-        self.carry: tuple[int, int, int, int] | None = None  # set_carry (issue 9)
+        self.carry: int | None = None  # set_carry (issue 9)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # One connection per run; concurrent runs of different jobs wait for each other's commits.
@@ -85,7 +90,7 @@ class Catalogue:
             return
         with self.transaction():
             for t in ("snapshots", "entries", "pending", "listing", "chunks", "runs", "meta", "retention",
-                      "checksums", "coverage", "scope"):
+                      "checksums", "coverage", "scope", "event_changes"):
                 self.db.execute(f"DELETE FROM {t}")
             self.db.execute("INSERT INTO meta VALUES('vault_id', ?)", (vault_id,))
 
@@ -160,11 +165,33 @@ class Catalogue:
             self.db.executemany("INSERT OR IGNORE INTO scope VALUES(?, ?)", ((job, k) for k in keys))
         self.carry = None
 
-    def set_carry(self, live_before: int, deleted: int, rewritten: int, suspicious: int) -> None:
-        """Changes that event runs recorded since the last full run (issue 9): the breaker of a partial
-        run judges them together with its own, against the live count before the first of them, as a
-        full run would have seen them at once (change_counts)."""
-        self.carry = (live_before, deleted, rewritten, suspicious)
+    def set_carry(self, live_before: int) -> None:
+        """Judge this partial run's changes together with the net changes earlier event runs made since
+        the last full run (table event_changes), against `live_before`, the live count before the first
+        of them: what a full run would have seen at once (change_counts). Issue 9."""
+        self.carry = live_before
+
+    def prepare_event_changes(self, job: str, suspicious: Iterable[str]) -> None:
+        """From the prepared delta (before it is applied): each key's net change since the last full
+        run, into temp table ev_new, for commit_event_changes. A key created and deleted again since
+        then is no change at all; one deleted and created again is a rewrite."""
+        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS ev_new(key TEXT PRIMARY KEY, what TEXT, suspicious INTEGER)")
+        self.db.execute("DELETE FROM ev_new")
+        self.db.execute("""INSERT INTO ev_new SELECT d.key,
+                  CASE WHEN c.what = 'created' THEN (CASE WHEN d.deleted THEN NULL ELSE 'created' END)
+                       WHEN d.deleted THEN 'deleted'
+                       WHEN c.what IS NOT NULL THEN 'rewritten'
+                       WHEN EXISTS (SELECT 1 FROM entries e WHERE e.job=:job AND e.key=d.key) THEN 'rewritten'
+                       ELSE 'created' END,
+                  coalesce(c.suspicious, 0)
+                FROM delta d LEFT JOIN event_changes c ON c.job=:job AND c.key=d.key""", {"job": job})
+        self.db.executemany("UPDATE ev_new SET suspicious=1 WHERE key=?", ((k,) for k in suspicious))
+
+    def commit_event_changes(self, job: str, suspicious: Iterable[str] = ()) -> None:
+        """Record ev_new, with more keys marked suspicious (inside the caller's transaction, after the snapshot)."""
+        self.db.executemany("UPDATE ev_new SET suspicious=1 WHERE key=?", ((k,) for k in suspicious))
+        self.db.execute("DELETE FROM event_changes WHERE job=? AND key IN (SELECT key FROM ev_new)", (job,))
+        self.db.execute("INSERT INTO event_changes SELECT ?, key, what, suspicious FROM ev_new WHERE what IS NOT NULL", (job,))
 
     def partial(self, job: str) -> bool:
         return self.db.execute("SELECT 1 FROM scope WHERE job=? LIMIT 1", (job,)).fetchone() is not None
@@ -233,16 +260,27 @@ class Catalogue:
         extension: a new key that is a vanished key plus `.ext`)."""
         live = self.live_count(job)
         deleted = self.db.execute("SELECT count(*) FROM delta WHERE deleted=1").fetchone()[0]
-        carry = self.carry
+
         rewritten = self.db.execute("SELECT count(*) FROM delta d JOIN entries e ON e.job=? AND e.key=d.key "
                                     "WHERE d.deleted=0", (job,)).fetchone()[0]
         renamed = self.db.execute(
             "SELECT count(DISTINCT o.key) FROM delta o JOIN delta n ON n.deleted=0 AND o.deleted=1 "
             "AND n.key > o.key || '.' AND n.key < o.key || '/' AND instr(substr(n.key, length(o.key) + 2), '/') = 0 "
             "AND substr(n.key, 1, length(o.key) + 1) = o.key || '.'").fetchone()[0]
-        if carry is not None and self.partial(job):  # an event run: add what earlier event runs recorded
-            return max(carry[0], live), deleted + carry[1], rewritten + carry[2], renamed + carry[3]
+        if self.carry is not None and self.partial(job):  # an event run: net of earlier event runs and this one
+            return (max(self.carry, 1),) + tuple(self.db.execute("""SELECT
+                  coalesce(sum(what = 'deleted'), 0), coalesce(sum(what = 'rewritten'), 0), coalesce(sum(suspicious), 0)
+                FROM (SELECT what, suspicious FROM ev_new
+                      UNION ALL SELECT what, suspicious FROM event_changes c
+                      WHERE c.job=? AND c.key NOT IN (SELECT key FROM ev_new))""", (job,)).fetchone())
         return live, deleted, rewritten, renamed
+
+    def renamed_keys(self) -> list[str]:
+        """New keys in the prepared delta that are a vanished key plus `.ext` (change_counts' renames)."""
+        return [r[0] for r in self.db.execute(
+            "SELECT DISTINCT n.key FROM delta o JOIN delta n ON n.deleted=0 AND o.deleted=1 "
+            "AND n.key > o.key || '.' AND n.key < o.key || '/' AND instr(substr(n.key, length(o.key) + 2), '/') = 0 "
+            "AND substr(n.key, 1, length(o.key) + 1) = o.key || '.'")]
 
     def rewrites(self, job: str) -> Iterator[tuple[Entry, Entry]]:
         """(old, new) for every rewritten key in the prepared delta."""
@@ -277,6 +315,7 @@ class Catalogue:
             self.db.execute("DELETE FROM scope WHERE job=?", (job,))
             return
         self.db.execute("DELETE FROM meta WHERE k=?", (f"events:carry:{job}",))  # a full run judged everything anew
+        self.db.execute("DELETE FROM event_changes WHERE job=?", (job,))
         if keep_held:
             self.db.execute("DELETE FROM pending WHERE job=? AND key NOT IN (SELECT key FROM held)", (job,))
         else:

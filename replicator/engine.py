@@ -316,14 +316,13 @@ def run_events(vault: Vault, cat: Catalogue, job: JobConfig, source: Source, key
         stats.unchanged = stats.listed
         stats.seconds = time.monotonic() - t0
         return stats
+    # The breaker judges what a full run would see: the net change since the last full run, per key.
     carry_key = f"events:carry:{job.name}"
-    carry = json.loads(cat.meta(carry_key) or "null") or {"live": cat.live_count(job.name), "deleted": 0,
-                                                          "rewritten": 0, "suspicious": 0}
-    cat.carry = None
-    _, deleted, rewritten, renamed = cat.change_counts(job.name)
-    suspicious = renamed + (sum(1 for old, new in cat.rewrites(job.name) if looks_encrypted(old.chunks, new.chunks))
-                            if rewritten else 0)
-    cat.set_carry(carry["live"], carry["deleted"], carry["rewritten"], carry["suspicious"])
+    live_before = json.loads(cat.meta(carry_key) or "null") or {"live": cat.live_count(job.name)}
+    # (renames count as suspicious now; _check_breaker adds this run's encrypted-looking rewrites itself)
+    encrypted = [new.key for old, new in cat.rewrites(job.name) if looks_encrypted(old.chunks, new.chunks)]
+    cat.prepare_event_changes(job.name, cat.renamed_keys())
+    cat.set_carry(live_before["live"])
     was_tripped, approved = cat.meta(f"breaker:{job.name}"), cat.meta(f"approve:{job.name}")
     try:
         _write_snapshot(vault, cat, job, started, stats)
@@ -332,11 +331,10 @@ def run_events(vault: Vault, cat: Catalogue, job: JobConfig, source: Source, key
     stats.snapshot_time = time.time()
     stats.changed_keys = tuple(e.key for e in cat.delta())
     with cat.transaction():
-        # Until the next full run: what event runs recorded (or the breaker held) adds up, an earlier
-        # trip stands and an operator's approval stays for the full run (which clears both).
-        cat.set_meta(carry_key, json.dumps({"live": carry["live"], "deleted": carry["deleted"] + deleted,
-                                            "rewritten": carry["rewritten"] + rewritten,
-                                            "suspicious": carry["suspicious"] + suspicious}))
+        # Until the next full run: the net changes add up (held ones too), an earlier trip stands and
+        # an operator's approval stays for the full run (which clears all three).
+        cat.commit_event_changes(job.name, encrypted)
+        cat.set_meta(carry_key, json.dumps(live_before))
         if was_tripped and not stats.breaker:
             cat.set_meta(f"breaker:{job.name}", was_tripped)
         if approved:

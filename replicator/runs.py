@@ -16,7 +16,7 @@ from replicator import metrics, notify
 from replicator.catalogue import Catalogue
 from replicator.coverage import observe as observe_coverage
 from replicator.config import Config, JobConfig
-from replicator.engine import EventRunStats, Progress, RunStats, run_events, run_job
+from replicator.engine import Progress, RunStats, run_events, run_job
 from replicator.errors import ReplicatorError, SourceError, StoreError, VaultError
 from replicator.redact import redact
 from replicator.sources import open_source

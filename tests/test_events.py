@@ -580,3 +580,40 @@ def test_event_runs_add_up_for_the_breaker_until_a_full_run(tmp_path):
     assert cat.meta("approve:j")  # ... and the approval stays for the full run
     assert not run_job(vault, cat, job, source).breaker
     assert len(_live(cat)) == 20 and not cat.meta("breaker:j") and not cat.meta("events:carry:j")
+
+
+def test_churn_by_events_is_judged_by_its_net_effect_like_a_full_run(tmp_path):
+    """A temporary object written and deleted again and again, or one key rewritten over and over,
+    is no mass change: a full run would see nothing or one rewrite. The breaker counts each key's
+    net change since the last full run, not every event run's."""
+    from replicator.breaker import Safety
+    from replicator.engine import run_events, run_job
+
+    src, vault, cat, job, source = _engine(tmp_path, Safety(max_deleted_fraction=0.25, max_rewritten_fraction=0.5,
+                                                            min_objects=5))
+    for i in range(10):
+        (src / f"k{i}").write_bytes(b"stable")
+    run_job(vault, cat, job, source)
+    for n in range(12):
+        (src / "tmp.lock").write_bytes(b"lock %d" % n)
+        assert not run_events(vault, cat, job, source, ["tmp.lock"]).breaker
+        (src / "tmp.lock").unlink()
+        assert not run_events(vault, cat, job, source, ["tmp.lock"]).breaker
+        (src / "k0").write_bytes(b"version %d" % n)
+        assert not run_events(vault, cat, job, source, ["k0"]).breaker
+    # a deleted key that comes back counts once, as a rewrite
+    (src / "k1").unlink()
+    run_events(vault, cat, job, source, ["k1"])
+    (src / "k1").write_bytes(b"back")
+    assert not run_events(vault, cat, job, source, ["k1"]).breaker
+    counts = dict(cat.db.execute("SELECT what, count(*) FROM event_changes GROUP BY what").fetchall())
+    assert counts == {"rewritten": 2}
+    # but 3 more deletions make 3 of 10 (30%): over the limit, since the last full run
+    for k in ("k2", "k3", "k4"):
+        (src / k).unlink()
+        st = run_events(vault, cat, job, source, [k])
+    assert not st.breaker  # 3 < min_objects
+    for k in ("k5", "k6"):
+        (src / k).unlink()
+        st = run_events(vault, cat, job, source, [k])
+    assert st.breaker and "5 of 10" in st.breaker
