@@ -1,4 +1,5 @@
-"""`replicator status`: per job, the last success, the last error, the next run and the lag."""
+"""`replicator status`: per job, the last success, the last error, the next run and the lag (and,
+with events, the replication lag and what events missed)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from replicator.units import format_age
 def add_parser(sub) -> None:
     p = sub.add_parser("status", help="per job: last success, last error, next run, lag",
                        description="Show, from the local catalogue, how each configured job is doing. The lag is "
-                                   "the age of the last good copy: how much history an incident now would lose.")
+                                   "the age of the last good copy: how much history an incident now would lose. For a job "
+                                   "with [jobs.events], also the replication lag of its last event run (source "
+                                   "write to vault snapshot) and how many changes reconciliation found that events missed.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=run)
 
@@ -23,7 +26,8 @@ def run(args, ctx) -> int:
     jobs = []
     for job in cfg.jobs:
         info = {"job": job.name, "schedule": job.schedule, "last_success": None, "last_error": None,
-                "next_run": None, "breaker": None, "lag_seconds": None, "snapshot": None, "snapshot_time": None, "live_objects": None}
+                "next_run": None, "breaker": None, "lag_seconds": None, "snapshot": None, "snapshot_time": None, "live_objects": None,
+                "replication_lag_seconds": None, "events": None}
         if cat is not None:
             info.update(cat.last_runs(job.name))
             info["next_run"] = cat.meta(f"next_run:{job.name}")
@@ -50,7 +54,7 @@ def run(args, ctx) -> int:
         lines.append(f"{j['job']:<20} {j['last_success'] or 'never':<21} {format_age(j['lag_seconds']):>8}  "
                      f"{j['next_run'] or '-':<21} {'-' if j['snapshot'] is None else j['snapshot']:>8}  {err}")
     for j in jobs:
-        if "events" in j:
+        if j["events"]:
             e = j["events"]
             lag = j.get("replication_lag_seconds")
             lines.append(f"events for {j['job']} ({e['kind']}): replication lag {'-' if lag is None else f'{lag:.1f}s'} "
