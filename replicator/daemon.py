@@ -308,7 +308,8 @@ class EventConsumer(threading.Thread):
 
     POLL = 2  # seconds of long poll while idle: how soon a halt or stop is noticed
     MAX_KEYS = 5000  # an event run covers at most this many keys; more wait for the next one
-    RETRY = 5.0  # seconds to wait after a failure to reach the queue
+    RETRY = 5.0  # seconds to wait after a failure to reach the queue, doubling up to RETRY_MAX
+    RETRY_MAX = 120.0
 
     def __init__(self, daemon: Daemon, cfg: Config, job: JobConfig, index: int):
         super().__init__(name=f"events-{job.name}", daemon=True)
@@ -326,23 +327,29 @@ class EventConsumer(threading.Thread):
         name = self.job.name
         gauge = metrics.EVENTS_OLDEST_PENDING.labels(name)
         gauge.set(0)
+        failures = 0
         while not self.stopping():
             held = []
             try:
                 if self.source is None:
                     self.source = open_events(self.job, self.index)
                 held = self._gather()
+                failures = 0
                 if held:
                     self._handle(held)
                     held = []
             except _Stopping:
                 break
             except ReplicatorError as e:
+                failures += 1
+                metrics.JOB_ERRORS.labels(name, "events").inc()
                 log.error("job %s: events: %s", name, redact(str(e)))
-                self.halt.wait(self.RETRY)
+                self.halt.wait(min(self.RETRY * 2 ** (failures - 1), self.RETRY_MAX))
             except Exception:
+                failures += 1
+                metrics.JOB_ERRORS.labels(name, "events").inc()
                 log.exception("job %s: events: unexpected failure", name)
-                self.halt.wait(self.RETRY)
+                self.halt.wait(min(self.RETRY * 2 ** (failures - 1), self.RETRY_MAX))
             finally:
                 if held and self.source is not None:
                     self.source.release(held)

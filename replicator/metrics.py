@@ -58,7 +58,7 @@ JOB_OBJECTS_COPIED = Counter("replicator_job_objects_copied_total", "Objects cop
 JOB_BYTES_COPIED = Counter("replicator_job_bytes_copied_total", "Bytes of source content copied into the vault", _J, registry=REGISTRY)
 JOB_OBJECTS_UNCHANGED = Counter("replicator_job_objects_unchanged_total", "Objects listed and found unchanged (skipped)", _J, registry=REGISTRY)
 JOB_TOMBSTONES = Counter("replicator_job_tombstones_total", "Objects recorded as gone from the source", _J, registry=REGISTRY)
-JOB_ERRORS = Counter("replicator_job_errors_total", "Errors by kind (source, vault, changed_during_read, other)",
+JOB_ERRORS = Counter("replicator_job_errors_total", "Errors by kind (source, vault, changed_during_read, events, other)",
                      ["job", "kind"], registry=REGISTRY)
 JOB_PENDING = Gauge("replicator_job_objects_pending", "Objects listed but not yet copied in the current or last run", _J, registry=REGISTRY)
 JOB_SNAPSHOTS = Gauge("replicator_job_snapshots", "Snapshots of the job in the vault", _J, registry=REGISTRY)

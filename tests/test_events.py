@@ -617,3 +617,20 @@ def test_churn_by_events_is_judged_by_its_net_effect_like_a_full_run(tmp_path):
         (src / k).unlink()
         st = run_events(vault, cat, job, source, [k])
     assert st.breaker and "5 of 10" in st.breaker
+
+
+def test_an_unreachable_queue_is_counted_and_the_schedule_goes_on(tmp_path, s3_server):
+    s = Setup(tmp_path, s3_server, schedule="3s")
+    s.p.config.write_text(s.p.config.read_text().replace(s.queue, s.queue + "-gone"))
+    s.put("a", b"a")
+    proc = s.daemon()
+    try:
+        wait_until(lambda: metric(s.m(), "replicator_job_errors_total", job="ev", kind="events"), what="the queue error")
+        runs = s.counter("replicator_job_runs_total", result="success")
+        s.put("b", b"b")
+        wait_until(lambda: s.counter("replicator_job_runs_total", result="success") > runs, what="scheduled runs going on")
+        wait_until(lambda: metric(s.m(), "replicator_job_live_objects", job="ev") == 2, what="b, by the schedule")
+    finally:
+        err = s.stop(proc)
+    assert "get_queue_attributes" not in err and "receive_message failed" in err
+    assert "testing" not in err  # no secret in the log
