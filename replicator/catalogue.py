@@ -44,6 +44,14 @@ CREATE TABLE IF NOT EXISTS retention(name TEXT PRIMARY KEY, until REAL) WITHOUT 
 CREATE TABLE IF NOT EXISTS checksums(name TEXT PRIMARY KEY, checksum TEXT, recorded REAL, origin TEXT) WITHOUT ROWID;
 -- issue 10: deep-verify coverage of referenced blobs: first seen (unix time) and last read in full (NULL: never)
 CREATE TABLE IF NOT EXISTS coverage(blob TEXT PRIMARY KEY, first_seen REAL, verified REAL) WITHOUT ROWID;
+-- issue 9: the keys an event run looked at (a partial listing). While a job has rows here, its
+-- listing covers only these keys: tombstones and the end of the run are restricted to them.
+CREATE TABLE IF NOT EXISTS scope(job TEXT, key TEXT, PRIMARY KEY(job, key)) WITHOUT ROWID;
+-- issue 9: the net change event runs made to each key since the job's last full run, as that run's
+-- listing would see it: 'created' (not live then), 'deleted' or 'rewritten' (live then); suspicious =
+-- a rewrite that looked like encryption or a rename to a new extension. For the breaker (change_counts).
+CREATE TABLE IF NOT EXISTS event_changes(job TEXT, key TEXT, what TEXT, suspicious INTEGER,
+    PRIMARY KEY(job, key)) WITHOUT ROWID;
 """
 
 
@@ -57,6 +65,7 @@ def same(a: str, b: str) -> str:
 class Catalogue:
     def __init__(self, path: Path):
         self.path = path
+        self.carry: int | None = None  # set_carry (issue 9)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # One connection per run; concurrent runs of different jobs wait for each other's commits.
@@ -81,7 +90,7 @@ class Catalogue:
             return
         with self.transaction():
             for t in ("snapshots", "entries", "pending", "listing", "chunks", "runs", "meta", "retention",
-                      "checksums", "coverage"):
+                      "checksums", "coverage", "scope", "event_changes"):
                 self.db.execute(f"DELETE FROM {t}")
             self.db.execute("INSERT INTO meta VALUES('vault_id', ?)", (vault_id,))
 
@@ -144,7 +153,52 @@ class Catalogue:
         """Forget any earlier listing; `progress` (JSON-able) marks a listing that can be resumed."""
         with self.transaction():
             self.db.execute("DELETE FROM listing WHERE job=?", (job,))
+            self.db.execute("DELETE FROM scope WHERE job=?", (job,))  # a full listing: no partial scope
             self.set_meta(_LISTING + job, None if progress is None else json.dumps(progress))
+
+    def start_partial_listing(self, job: str, keys: Iterable[str]) -> None:
+        """An event run (issue 9): the listing that follows covers exactly `keys` (those still in the
+        source are added with add_listing); keys outside them are neither tombstoned nor touched."""
+        keys = list(keys)
+        if not keys:  # an empty scope would read as a full listing of nothing: every key tombstoned
+            raise ValueError("a partial listing needs at least one key")
+        with self.transaction():
+            self.db.execute("DELETE FROM listing WHERE job=?", (job,))
+            self.db.execute("DELETE FROM scope WHERE job=?", (job,))
+            self.db.executemany("INSERT OR IGNORE INTO scope VALUES(?, ?)", ((job, k) for k in keys))
+            self.set_meta(_LISTING + job, None)  # the rows a killed full listing kept are gone: it starts afresh
+        self.carry = None
+
+    def set_carry(self, live_before: int) -> None:
+        """Judge this partial run's changes together with the net changes earlier event runs made since
+        the last full run (table event_changes), against `live_before`, the live count before the first
+        of them: what a full run would have seen at once (change_counts). Issue 9."""
+        self.carry = live_before
+
+    def prepare_event_changes(self, job: str, suspicious: Iterable[str]) -> None:
+        """From the prepared delta (before it is applied): each key's net change since the last full
+        run, into temp table ev_new, for commit_event_changes. A key created and deleted again since
+        then is no change at all; one deleted and created again is a rewrite."""
+        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS ev_new(key TEXT PRIMARY KEY, what TEXT, suspicious INTEGER)")
+        self.db.execute("DELETE FROM ev_new")
+        self.db.execute("""INSERT INTO ev_new SELECT d.key,
+                  CASE WHEN c.what = 'created' THEN (CASE WHEN d.deleted THEN NULL ELSE 'created' END)
+                       WHEN d.deleted THEN 'deleted'
+                       WHEN c.what IS NOT NULL THEN 'rewritten'
+                       WHEN EXISTS (SELECT 1 FROM entries e WHERE e.job=:job AND e.key=d.key) THEN 'rewritten'
+                       ELSE 'created' END,
+                  coalesce(c.suspicious, 0)
+                FROM delta d LEFT JOIN event_changes c ON c.job=:job AND c.key=d.key""", {"job": job})
+        self.db.executemany("UPDATE ev_new SET suspicious=1 WHERE key=?", ((k,) for k in suspicious))
+
+    def commit_event_changes(self, job: str, suspicious: Iterable[str] = ()) -> None:
+        """Record ev_new, with more keys marked suspicious (inside the caller's transaction, after the snapshot)."""
+        self.db.executemany("UPDATE ev_new SET suspicious=1 WHERE key=?", ((k,) for k in suspicious))
+        self.db.execute("DELETE FROM event_changes WHERE job=? AND key IN (SELECT key FROM ev_new)", (job,))
+        self.db.execute("INSERT INTO event_changes SELECT ?, key, what, suspicious FROM ev_new WHERE what IS NOT NULL", (job,))
+
+    def partial(self, job: str) -> bool:
+        return self.db.execute("SELECT 1 FROM scope WHERE job=? LIMIT 1", (job,)).fetchone() is not None
 
     def listing_progress(self, job: str) -> dict | None:
         """The progress of an unfinished resumable listing (a run killed while listing), if any."""
@@ -206,7 +260,9 @@ class Catalogue:
                     AND NOT EXISTS (SELECT 1 FROM entries b WHERE b.job=:job AND b.key=a.key AND {same("a", "b")})""",
                         {"job": job})
         self.db.execute("""INSERT INTO delta SELECT key, 0, NULL, NULL, NULL, '[]', 1 FROM entries e
-                  WHERE job=:job AND NOT EXISTS (SELECT 1 FROM listing l WHERE l.job=:job AND l.key=e.key)""",
+                  WHERE job=:job AND NOT EXISTS (SELECT 1 FROM listing l WHERE l.job=:job AND l.key=e.key)
+                    AND (NOT EXISTS (SELECT 1 FROM scope s WHERE s.job=:job)
+                         OR EXISTS (SELECT 1 FROM scope s WHERE s.job=:job AND s.key=e.key))""",
                         {"job": job})
         return self.db.execute("SELECT count(*) FROM delta").fetchone()[0]
 
@@ -224,13 +280,27 @@ class Catalogue:
         extension: a new key that is a vanished key plus `.ext`)."""
         live = self.live_count(job)
         deleted = self.db.execute("SELECT count(*) FROM delta WHERE deleted=1").fetchone()[0]
+
         rewritten = self.db.execute("SELECT count(*) FROM delta d JOIN entries e ON e.job=? AND e.key=d.key "
                                     "WHERE d.deleted=0", (job,)).fetchone()[0]
         renamed = self.db.execute(
             "SELECT count(DISTINCT o.key) FROM delta o JOIN delta n ON n.deleted=0 AND o.deleted=1 "
             "AND n.key > o.key || '.' AND n.key < o.key || '/' AND instr(substr(n.key, length(o.key) + 2), '/') = 0 "
             "AND substr(n.key, 1, length(o.key) + 1) = o.key || '.'").fetchone()[0]
+        if self.carry is not None and self.partial(job):  # an event run: net of earlier event runs and this one
+            return (max(self.carry, 1),) + tuple(self.db.execute("""SELECT
+                  coalesce(sum(what = 'deleted'), 0), coalesce(sum(what = 'rewritten'), 0), coalesce(sum(suspicious), 0)
+                FROM (SELECT what, suspicious FROM ev_new
+                      UNION ALL SELECT what, suspicious FROM event_changes c
+                      WHERE c.job=? AND c.key NOT IN (SELECT key FROM ev_new))""", (job,)).fetchone())
         return live, deleted, rewritten, renamed
+
+    def renamed_keys(self) -> list[str]:
+        """New keys in the prepared delta that are a vanished key plus `.ext` (change_counts' renames)."""
+        return [r[0] for r in self.db.execute(
+            "SELECT DISTINCT n.key FROM delta o JOIN delta n ON n.deleted=0 AND o.deleted=1 "
+            "AND n.key > o.key || '.' AND n.key < o.key || '/' AND instr(substr(n.key, length(o.key) + 2), '/') = 0 "
+            "AND substr(n.key, 1, length(o.key) + 1) = o.key || '.'")]
 
     def rewrites(self, job: str) -> Iterator[tuple[Entry, Entry]]:
         """(old, new) for every rewritten key in the prepared delta."""
@@ -263,7 +333,16 @@ class Catalogue:
             yield _entry(row)
 
     def finish_run(self, job: str, keep_held: bool = False) -> None:
-        """Forget the run's listing and pending copies (held ones are kept: no need to read them again)."""
+        """Forget the run's listing and pending copies (held ones are kept: no need to read them again).
+        After an event run only the scoped keys' copies are forgotten: an interrupted full run's stay."""
+        if self.partial(job):
+            held = " AND key NOT IN (SELECT key FROM held)" if keep_held else ""
+            self.db.execute(f"DELETE FROM pending WHERE job=? AND key IN (SELECT key FROM scope WHERE job=?){held}", (job, job))
+            self.db.execute("DELETE FROM listing WHERE job=?", (job,))
+            self.db.execute("DELETE FROM scope WHERE job=?", (job,))
+            return
+        self.db.execute("DELETE FROM meta WHERE k=?", (f"events:carry:{job}",))  # a full run judged everything anew
+        self.db.execute("DELETE FROM event_changes WHERE job=?", (job,))
         if keep_held:
             self.db.execute("DELETE FROM pending WHERE job=? AND key NOT IN (SELECT key FROM held)", (job,))
         else:

@@ -47,6 +47,16 @@ class VaultConfig:
 
 
 @dataclass(frozen=True)
+class EventsConfig:
+    """`[jobs.events]` (issue 9): where the source announces changes (replicator/events/)."""
+    kind: str  # "sqs"
+    queue_url: str
+    options: dict[str, Any] | None = None  # None: the job's source_options
+    batch_window: float = 1.0  # seconds to gather events after the first one, before an event run
+    visibility_timeout: int = 300  # seconds a received message stays hidden before it is delivered again
+
+
+@dataclass(frozen=True)
 class JobConfig:
     name: str
     source: str
@@ -60,6 +70,7 @@ class JobConfig:
     retention: Policy = field(default_factory=Policy)
     history: str = "current"  # "all": also import the source's versions (S3 versioning, GCS generations)
     list_partitions: int = 1  # S3 sources: key ranges listed in parallel, each resumable (issue 9)
+    events: EventsConfig | None = None  # issue 9: event-driven replication between scheduled runs
 
 
 @dataclass(frozen=True)
@@ -224,10 +235,11 @@ def _job(t: "_Reader") -> JobConfig:
     exclude = t.globs("exclude", default=())
     history = _history(t, kind, source)
     list_partitions = int(t.number("list_partitions", 1, 1, 256, integer=True))
+    events = _events(t.table("events"), kind, source, history) if "events" in t.data else None
     job = JobConfig(name=name, source=source, kind=kind, schedule=schedule, include=include,
                     exclude=exclude, source_options=t.options("source_options"), repositories=repositories,
                     safety=_safety(t.table("safety")), retention=_retention(t.table("retention")), history=history,
-                    list_partitions=list_partitions)
+                    list_partitions=list_partitions, events=events)
     t.done()
     return job
 
@@ -246,6 +258,33 @@ def _retention(t: "_Reader") -> Policy:
     policy = Policy(keep_within=duration("keep_within", None), min_age=duration("min_age", Policy().min_age), **counts)
     t.done()
     return policy
+
+
+EVENT_KINDS = ("sqs",)  # next: GCS Pub/Sub, Azure Event Grid (docs/OPERATIONS.md)
+EVENT_OPTIONS = ("endpoint_url", "key", "secret", "token", "region")
+
+
+def _events(t: "_Reader", kind: str, source: str, history: str) -> EventsConfig:
+    """`[jobs.events]`: kind = "sqs" needs an objects job on s3:// and the queue's URL."""
+    ev_kind = t.string("kind", required=True)
+    if ev_kind not in EVENT_KINDS:
+        raise ConfigError(t.key("kind"), f'must be "sqs" (GCS Pub/Sub and Azure Event Grid are not supported yet), got {ev_kind!r}')
+    scheme = source.split("://", 1)[0].lower() if "://" in source else ""
+    if kind != "objects" or scheme not in ("s3", "s3a"):
+        raise ConfigError(t.key("kind"), f'"sqs" events need an objects job whose source is s3://, got {source or kind!r}')
+    if history == "all":
+        raise ConfigError(t.key("kind"), 'events are not supported with history = "all" (versions are imported by scheduled runs)')
+    url = t.string("queue_url", required=True)
+    if not re.fullmatch(r"https?://[^/\s]+/\S+", url):
+        raise ConfigError(t.key("queue_url"), f"expected the queue's URL as SQS gives it (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME), got {url!r}")
+    options = t.options("options") if "options" in t.data else None
+    for k in options or {}:
+        if k not in EVENT_OPTIONS:
+            raise ConfigError(f"{t.key('options')}.{k}", f"unknown option (known: {', '.join(EVENT_OPTIONS)})")
+    window = float(t.number("batch_window", 1.0, 0.0, 60.0))
+    visibility = int(t.number("visibility_timeout", 300, 10, 43200, integer=True))
+    t.done()
+    return EventsConfig(kind=ev_kind, queue_url=url, options=options, batch_window=window, visibility_timeout=visibility)
 
 
 HISTORY_MODES = ("current", "all")

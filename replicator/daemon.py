@@ -8,6 +8,11 @@
 - SIGHUP: reload the config; a bad one is rejected and the old one keeps running.
 - systemd: READY=1 when scheduled, WATCHDOG=1 while the main loop is alive, STATUS= lines.
 - Metrics at http://[metrics].listen/metrics, and nothing else there.
+- Jobs with `[jobs.events]` (issue 9): a consumer thread per job receives the source's change
+  events, gathers them for `batch_window` seconds and makes an event run of the keys they name
+  (runs.run_event_batch); messages are acked only once a snapshot covers them. An event run and a
+  scheduled run of the same job never overlap (one lock per job; each waits for the other), and the
+  scheduled run stays the reconciliation that catches lost events.
 - Daily: the immutability probe (replicator_vault_protected) and, with [vault.immutability],
   retention extension for what live snapshots reference (replicator/immutability.py).
 """
@@ -34,7 +39,7 @@ from replicator.errors import ReplicatorError
 from replicator.immutability import last_probe, maintain, observe_probe
 from replicator.lock import StateLock
 from replicator.redact import redact
-from replicator.runs import observe_catalogue, run_one
+from replicator.runs import observe_catalogue, run_event_batch, run_one
 from replicator.units import format_time, parse_duration
 from replicator.vault.vault import Vault
 
@@ -79,6 +84,12 @@ class Daemon:
             "max_instances": 1, "coalesce": True, "misfire_grace_time": None})
         self.scheduler.add_listener(self._skipped, EVENT_JOB_MAX_INSTANCES)
         self.http: ThreadingHTTPServer | None = None
+        self._job_locks: dict[str, threading.Lock] = {}  # one run of a job at a time, scheduled or event
+        self._consumers: dict[str, "EventConsumer"] = {}
+
+    def job_lock(self, name: str) -> threading.Lock:
+        with self._lock:
+            return self._job_locks.setdefault(name, threading.Lock())
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -92,6 +103,7 @@ class Daemon:
                 signal.signal(sig, handler)
             self._schedule(self.config, first=True)
             self.scheduler.start()
+            self._start_consumers(self.config)
             systemd.notify("READY=1")
             self._status()
             log.info("daemon started: %d jobs scheduled", len(self.config.jobs))
@@ -99,6 +111,7 @@ class Daemon:
             systemd.notify("STOPPING=1")
             systemd.notify("STATUS=stopping: letting in-flight objects finish")
             log.info("stopping: waiting for running jobs to finish their in-flight objects")
+            self._stop_consumers()
             self.scheduler.shutdown(wait=True)
             if self.http:
                 self.http.shutdown()
@@ -144,6 +157,8 @@ class Daemon:
         for job in list(self.scheduler.get_jobs()):
             job.remove()
         self._schedule(new, first=False)
+        self._stop_consumers()
+        self._start_consumers(new)
         metrics.CONFIG_RELOADS.labels("success").inc()
         log.info("config reloaded: %d jobs scheduled", len(new.jobs))
 
@@ -205,6 +220,10 @@ class Daemon:
             job: JobConfig = cfg.job(name)
         except ReplicatorError:
             return  # removed by a reload
+        lock = self.job_lock(name)
+        while not lock.acquire(timeout=0.5):  # an event run of the job is going: it is short
+            if self.stop.is_set():
+                return
         self._running[name] = "running"
         self._status()
         try:
@@ -218,8 +237,27 @@ class Daemon:
         except Exception:
             log.exception("job %s: unexpected failure", name)
         finally:
+            lock.release()
             self._running.pop(name, None)
             self._status()
+
+    # -- event consumers (issue 9) ----------------------------------------------------------
+
+    def _start_consumers(self, cfg: Config) -> None:
+        for index, job in enumerate(cfg.jobs):
+            if job.events is not None:
+                c = EventConsumer(self, cfg, job, index)
+                self._consumers[job.name] = c
+                c.start()
+        if self._consumers:
+            log.info("consuming events for %s", ", ".join(sorted(self._consumers)))
+
+    def _stop_consumers(self) -> None:
+        consumers, self._consumers = list(self._consumers.values()), {}
+        for c in consumers:
+            c.halt.set()
+        for c in consumers:
+            c.join()
 
     def _status(self) -> None:
         jobs = self.scheduler.get_jobs() if self.scheduler.running else []
@@ -261,6 +299,116 @@ class Daemon:
         self.http.daemon_threads = True
         threading.Thread(target=self.http.serve_forever, name="metrics", daemon=True).start()
         log.info("metrics at http://%s/metrics", listen)
+
+
+class EventConsumer(threading.Thread):
+    """Receives one job's events, gathers them for the batch window, runs them, acks what a snapshot
+    covers. On halt (reload) or stop (SIGTERM) it lets go of what it holds: those messages are
+    delivered again at once, to this daemon's next consumer or the next start."""
+
+    POLL = 2  # seconds of long poll while idle: how soon a halt or stop is noticed
+    MAX_KEYS = 5000  # an event run covers at most this many keys; more wait for the next one
+    RETRY = 5.0  # seconds to wait after a failure to reach the queue, doubling up to RETRY_MAX
+    RETRY_MAX = 120.0
+
+    def __init__(self, daemon: Daemon, cfg: Config, job: JobConfig, index: int):
+        super().__init__(name=f"events-{job.name}", daemon=True)
+        self.d, self.cfg, self.job, self.index = daemon, cfg, job, index
+        self.halt = threading.Event()
+        self.source = None
+        self.failed_since: float | None = None  # oldest event time of a batch whose run failed (it comes back)
+
+    def stopping(self) -> bool:
+        return self.halt.is_set() or self.d.stop.is_set()
+
+    def run(self) -> None:
+        from replicator.events import open_events
+
+        name = self.job.name
+        gauge = metrics.EVENTS_OLDEST_PENDING.labels(name)
+        gauge.set(0)
+        failures = 0
+        while not self.stopping():
+            held = []
+            try:
+                if self.source is None:
+                    self.source = open_events(self.job, self.index)
+                held = self._gather()
+                failures = 0
+                if held:
+                    self._handle(held)
+                    held = []
+            except _Stopping:
+                break
+            except ReplicatorError as e:
+                failures += 1
+                metrics.JOB_ERRORS.labels(name, "events").inc()
+                log.error("job %s: events: %s", name, redact(str(e)))
+                self.halt.wait(min(self.RETRY * 2 ** (failures - 1), self.RETRY_MAX))
+            except Exception:
+                failures += 1
+                metrics.JOB_ERRORS.labels(name, "events").inc()
+                log.exception("job %s: events: unexpected failure", name)
+                self.halt.wait(min(self.RETRY * 2 ** (failures - 1), self.RETRY_MAX))
+            finally:
+                if held and self.source is not None:
+                    self.source.release(held)
+                gauge.set(self.failed_since or 0)  # a failed batch is still uncovered: the lag alert sees it
+
+    def _gather(self) -> list:
+        """The first messages (long poll), then whatever arrives within the batch window."""
+        messages = self.source.receive(wait=self.POLL)
+        if not messages:
+            return []
+        deadline = time.monotonic() + self.job.events.batch_window
+        while not self.stopping() and sum(len(m.events) for m in messages) < self.MAX_KEYS:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            more = self.source.receive(wait=int(left))
+            messages += more
+            if not more:
+                self.halt.wait(min(left, 0.1))
+        return messages
+
+    def _handle(self, messages: list) -> None:
+        name = self.job.name
+        events = [e for m in messages for e in m.events]
+        metrics.EVENTS_RECEIVED.labels(name).inc(len(events))
+        if not events:  # test events, other buckets or prefixes: nothing to do
+            self.source.ack(messages)
+            return
+        times: dict[str, float] = {}
+        for e in events:
+            times[e.key] = max(times.get(e.key, 0.0), e.time)
+        metrics.EVENTS_OLDEST_PENDING.labels(name).set(min(min(times.values()), self.failed_since or float("inf")))
+        lock = self.d.job_lock(name)
+        while not lock.acquire(timeout=0.5):  # a scheduled run of the job is going: the events wait
+            if self.stopping():
+                raise _Stopping
+        try:
+            if self.stopping():
+                raise _Stopping
+            with self.d._lock:
+                cfg, vault = self.cfg, self.d.vault
+            outcome = run_event_batch(cfg, vault, self.job, list(times), times, stop=self.d.stop)
+        finally:
+            lock.release()
+        stats = outcome.stats
+        if outcome.ok or (stats is not None and stats.breaker and stats.seq is not None):
+            self.source.ack(messages)  # the snapshot covering them is in the vault (or nothing needed one)
+            self.failed_since = None
+            return
+        if stats is not None and self.d.stop.is_set():
+            raise _Stopping
+        why = outcome.error or "; ".join(stats.errors[:3])
+        log.error("job %s: event run failed (%s); its %d messages come back after the visibility timeout",
+                  name, why, len(messages))
+        self.failed_since = min(self.failed_since or float("inf"), min(times.values()))
+
+
+class _Stopping(Exception):
+    """Halted or stopped while holding messages: they are released."""
 
 
 class _MetricsHandler(BaseHTTPRequestHandler):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Info, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
 
 disable_created_metrics()  # no *_created series: they double the exposition and alert on nothing
@@ -58,7 +58,7 @@ JOB_OBJECTS_COPIED = Counter("replicator_job_objects_copied_total", "Objects cop
 JOB_BYTES_COPIED = Counter("replicator_job_bytes_copied_total", "Bytes of source content copied into the vault", _J, registry=REGISTRY)
 JOB_OBJECTS_UNCHANGED = Counter("replicator_job_objects_unchanged_total", "Objects listed and found unchanged (skipped)", _J, registry=REGISTRY)
 JOB_TOMBSTONES = Counter("replicator_job_tombstones_total", "Objects recorded as gone from the source", _J, registry=REGISTRY)
-JOB_ERRORS = Counter("replicator_job_errors_total", "Errors by kind (source, vault, changed_during_read, other)",
+JOB_ERRORS = Counter("replicator_job_errors_total", "Errors by kind (source, vault, changed_during_read, events, other)",
                      ["job", "kind"], registry=REGISTRY)
 JOB_PENDING = Gauge("replicator_job_objects_pending", "Objects listed but not yet copied in the current or last run", _J, registry=REGISTRY)
 JOB_SNAPSHOTS = Gauge("replicator_job_snapshots", "Snapshots of the job in the vault", _J, registry=REGISTRY)
@@ -76,3 +76,19 @@ VERIFY_OLDEST_UNVERIFIED = AgeGauge("replicator_verify_oldest_unverified_age_sec
 VAULT_PROTECTED = OptionalGauge("replicator_vault_protected", "1 if the immutability probe found the vault protected against our own credentials, 0 if not, absent if never probed", registry=REGISTRY)
 DAEMON_START = Gauge("replicator_daemon_start_timestamp_seconds", "Unix time the daemon started", registry=REGISTRY)
 CONFIG_RELOADS = Counter("replicator_config_reloads_total", "Config reloads by result (success, failure)", ["result"], registry=REGISTRY)
+# issue 9: event-driven replication (replicator/events/, daemon consumers)
+EVENTS_RECEIVED = Counter("replicator_events_received_total", "Source change events received from the job's queue", _J, registry=REGISTRY)
+EVENT_RUNS = Counter("replicator_event_runs_total", "Event runs by result (success: snapshot written, unchanged: nothing to record, failure)",
+                     ["job", "result"], registry=REGISTRY)
+REPLICATION_LAG = Histogram("replicator_replication_lag_seconds",
+                            "Seconds from a change in the source (the event's time) to the vault snapshot recording it",
+                            _J, buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600), registry=REGISTRY)
+REPLICATION_LAG_LAST = Gauge("replicator_replication_lag_last_seconds",
+                             "Largest replication lag (source change to vault snapshot) in the job's last event run that recorded a change",
+                             _J, registry=REGISTRY)
+EVENTS_OLDEST_PENDING = Gauge("replicator_events_oldest_pending_timestamp_seconds",
+                              "Source time of the oldest event received and not yet covered by a snapshot; 0 when none waits",
+                              _J, registry=REGISTRY)
+EVENTS_MISSED = Counter("replicator_events_missed_total",
+                        "Objects a scheduled (reconciliation) run of a job with events copied or tombstoned: changes the events missed or had not yet delivered",
+                        _J, registry=REGISTRY)

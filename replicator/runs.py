@@ -16,7 +16,7 @@ from replicator import metrics, notify
 from replicator.catalogue import Catalogue
 from replicator.coverage import observe as observe_coverage
 from replicator.config import Config, JobConfig
-from replicator.engine import Progress, RunStats, run_job
+from replicator.engine import Progress, RunStats, run_events, run_job
 from replicator.errors import ReplicatorError, SourceError, StoreError, VaultError
 from replicator.redact import redact
 from replicator.sources import open_source
@@ -76,9 +76,69 @@ def run_one(cfg: Config, vault: Vault, job: JobConfig, *, dry_run: bool = False,
         cat.record_run(job.name, stats.started, _now(), ok, redact("; ".join(stats.errors))[:500] or None,
                        stats.copied, stats.copied_bytes, stats.tombstones)
         _observe(cat, job.name, stats, ok, time.monotonic() - t0)
+        if job.events is not None and stats.seq:  # reconciliation (not the first snapshot): what events missed
+            _observe_missed(cat, job.name, stats)
     cat.close()
     log.info("job %s: run %s: %d listed, %d copied, %d tombstoned, %d warnings, %d errors", job.name,
              "ok" if ok else "failed", stats.listed, stats.copied, stats.tombstones, len(stats.warnings), len(stats.errors))
+    return Outcome(job.name, ok, stats)
+
+
+def _observe_missed(cat: Catalogue, job: str, stats: RunStats) -> None:
+    missed = stats.copied + stats.tombstones
+    metrics.EVENTS_MISSED.labels(job).inc(missed)
+    info = json.loads(cat.meta(f"events:{job}") or "{}")
+    info["missed"] = info.get("missed", 0) + missed
+    info["last_reconciliation"] = {"time": time.time(), "missed": missed}
+    cat.set_meta(f"events:{job}", json.dumps(info))
+    if missed:
+        log.warning("job %s: reconciliation found %d changes the events had not delivered", job, missed)
+
+
+def run_event_batch(cfg: Config, vault: Vault, job: JobConfig, keys: list[str], times: dict[str, float], *,
+                    workers: int = 8, stop: threading.Event | None = None) -> Outcome:
+    """An event run of a job (engine.run_events) for `keys`, with `times` the latest event time of each
+    key; records the replication lag of what the snapshot recorded. Like run_one, expected failures
+    are returned; the caller acks the events only when the outcome says they are covered."""
+    cat = Catalogue(cfg.state_dir / "catalogue.db")
+    try:
+        cat.bind(vault.vault_id)
+        require_protection(vault.store)
+        index = cfg.jobs.index(job)
+        opts = configmod.resolve_secrets(job.source_options, f"jobs[{index}].source_options")
+        source = open_source(job, opts, state_dir=cfg.state_dir, catalogue=cat)
+        stats = run_events(vault, cat, job, source, keys, workers=workers, stop=stop)
+    except (SourceError, VaultError, StoreError) as e:
+        metrics.EVENT_RUNS.labels(job.name, "failure").inc()
+        metrics.JOB_ERRORS.labels(job.name, "source" if isinstance(e, SourceError) else "vault").inc()
+        cat.close()
+        return Outcome(job.name, False, error=redact(str(e)))
+    except BaseException:
+        cat.close()
+        raise
+    ok = not stats.errors
+    metrics.EVENT_RUNS.labels(job.name, "failure" if not ok else "success" if stats.seq is not None else "unchanged").inc()
+    metrics.JOB_OBJECTS_COPIED.labels(job.name).inc(stats.copied)
+    metrics.JOB_BYTES_COPIED.labels(job.name).inc(stats.copied_bytes)
+    metrics.JOB_TOMBSTONES.labels(job.name).inc(stats.tombstones)
+    metrics.JOB_ERRORS.labels(job.name, "changed_during_read").inc(len(stats.warnings))
+    if stats.newly_tripped:
+        notify.send(cfg.notify.webhook, "breaker_tripped", job=job.name, reason=stats.breaker, held=stats.held,
+                    snapshot=stats.seq)
+    if stats.snapshot_time is not None:
+        lags = [max(0.0, stats.snapshot_time - times[k]) for k in stats.changed_keys if k in times]
+        for lag in lags:
+            metrics.REPLICATION_LAG.labels(job.name).observe(lag)
+        if lags:
+            metrics.REPLICATION_LAG_LAST.labels(job.name).set(max(lags))
+        info = json.loads(cat.meta(f"events:{job.name}") or "{}")
+        info.update(last_run=stats.snapshot_time, snapshot=stats.seq, lag_seconds=round(max(lags), 3) if lags else None,
+                    recorded=len(stats.changed_keys))
+        cat.set_meta(f"events:{job.name}", json.dumps(info))
+        log.info("job %s: event run: %d keys, %d copied, %d tombstoned, snapshot %s, lag %s", job.name, stats.keys,
+                 stats.copied, stats.tombstones, stats.seq, f"{max(lags):.2f}s" if lags else "-")
+    observe_catalogue(cat, job.name)
+    cat.close()
     return Outcome(job.name, ok, stats)
 
 

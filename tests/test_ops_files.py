@@ -33,7 +33,7 @@ UNIT_FILES = ["replicator.service", "replicator-verify.service", "replicator-ver
 # systemd-analyze security --offline=yes: the issue demands 1.5 or better for the daemon.
 EXPOSURE_LIMITS = {"replicator.service": 1.5, "replicator-verify.service": 2.0}
 ALERT_NAMES = {"ReplicatorCopyStale", "ReplicatorRunFailing", "ReplicatorVerifyFailing", "ReplicatorVerifyStale",
-               "ReplicatorVaultUnprotected", "ReplicatorDown", "ReplicatorBreakerTripped"}
+               "ReplicatorVaultUnprotected", "ReplicatorDown", "ReplicatorBreakerTripped", "ReplicatorReplicationLagHigh"}
 NOT_OURS = {"up"}  # Prometheus' own series
 
 
@@ -230,7 +230,8 @@ def test_dashboard_uses_only_exported_metrics_and_shows_what_operators_need():
               "replicator_job_objects_copied_total", "replicator_job_bytes_copied_total", "replicator_job_tombstones_total",
               "replicator_job_errors_total", "replicator_job_objects_pending", "replicator_job_snapshots",
               "replicator_vault_stored_bytes", "replicator_verify_last_success", "replicator_verify_last_timestamp_seconds",
-              "replicator_verify_coverage_ratio", "replicator_vault_protected"}
+              "replicator_verify_coverage_ratio", "replicator_vault_protected", "replicator_replication_lag_seconds_bucket",
+              "replicator_events_oldest_pending_timestamp_seconds", "replicator_events_missed_total"}
     assert needed <= used, f"dashboard lacks {sorted(needed - used)}"
 
 

@@ -59,6 +59,13 @@ def run(args, ctx) -> int:
             return "listable"
 
         check(f"job {job.name}: source {job.source}", source_check)
+        if job.events is not None:
+            def events_check(job=job, i=i) -> str:
+                from replicator.events import open_events
+
+                return open_events(job, i).check()
+
+            check(f"job {job.name}: events {job.events.kind} {job.events.queue_url}", events_check)
     lines = [f"config {cfg.path}: valid ({len(cfg.jobs)} jobs)"]
     lines += [f"{'ok  ' if c['ok'] else 'FAIL'} {c['what']}: {c['detail']}" for c in checks]
     if protection and protection["lock"] and protection["lock"].get("summary"):
