@@ -31,7 +31,7 @@ class History:
     @classmethod
     def for_job(cls, vault: Vault, job_name: str) -> "History":
         jid = vault.job_id(job_name)
-        return cls(vault, jid, vault.snapshot_seqs().get(jid, []))
+        return cls(vault, jid, vault.snapshot_seqs(jid).get(jid, []))
 
     def roots(self) -> list[SnapshotRoot]:
         """Every snapshot root, oldest first (read concurrently; each is one small GET)."""

@@ -93,3 +93,14 @@ def test_a_listing_killed_midway_resumes_where_each_range_stopped(s3_server, buc
     # The next run lists afresh and finds nothing to copy.
     again = run_job(vault, cat, job, source(s3_server, bucket))
     assert again.copied == 0 and again.unchanged == len(KEYS)
+
+
+def test_an_event_run_after_a_killed_listing_makes_the_next_full_run_list_afresh(tmp_path):
+    """A partial (event) listing replaces the rows a killed full listing kept, so that listing's
+    progress must go too: resuming it would miss the keys listed before and tombstone them."""
+    cat = Catalogue(tmp_path / "catalogue.db")
+    cat.bind("v")
+    cat.start_listing("j", {"started": "2026-01-01T00:00:00.000000Z", "ranges": [["", None, "k5", False]]})
+    assert cat.listing_progress("j") is not None
+    cat.start_partial_listing("j", ["k9"])
+    assert cat.listing_progress("j") is None

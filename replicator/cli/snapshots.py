@@ -18,11 +18,12 @@ def add_parser(sub) -> None:
 def run(args, ctx) -> int:
     vault = ctx.open_vault(args.key)
     names = job_names(vault)
+    seqs = vault.snapshot_seqs()
     rows = []
     for jid, name in sorted(names.items(), key=lambda kv: kv[1]):
         if args.job and name != args.job:
             continue
-        h = History(vault, jid, vault.snapshot_seqs()[jid])
+        h = History(vault, jid, seqs[jid])
         for r in h.visible_roots():
             rows.append({"job": r.job, "seq": r.seq, "time": r.started, "finished": r.finished,
                          "kind": "checkpoint" if r.checkpoint else "delta", **r.stats})

@@ -323,10 +323,10 @@ class Vault:
             raise IntegrityError(f"{name}: content does not match its hash")
         return data
 
-    def snapshot_seqs(self) -> dict[str, list[int]]:
-        """job id -> sorted snapshot sequence numbers present in the vault."""
+    def snapshot_seqs(self, job_id: str | None = None) -> dict[str, list[int]]:
+        """job id -> sorted snapshot sequence numbers present in the vault (one job's: one prefix listed)."""
         out: dict[str, list[int]] = {}
-        for name, _ in self.store.list("snapshots/"):
+        for name, _ in self.store.list(f"snapshots/{job_id}/" if job_id else "snapshots/"):
             parsed = parse_snapshot_name(name)
             if parsed:
                 out.setdefault(parsed[0], []).append(parsed[1])
