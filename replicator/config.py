@@ -12,6 +12,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from datetime import timedelta
 from typing import Any
 
 from replicator.breaker import Safety
@@ -47,6 +48,15 @@ class VaultConfig:
 
 
 @dataclass(frozen=True)
+class InventoryConfig:
+    """`[jobs.inventory]`: list an S3 source from its newest S3 Inventory report (CSV or Parquet)."""
+
+    location: str  # s3://DEST-BUCKET/PREFIX/SOURCE-BUCKET/CONFIG-ID/ (where the dated reports are)
+    options: dict[str, Any] | None = None  # None: the job's source_options
+    max_age: timedelta = timedelta(days=2)  # an older report is not used: the run lists instead
+
+
+@dataclass(frozen=True)
 class EventsConfig:
     """`[jobs.events]` (issue 9): where the source announces changes (replicator/events/)."""
     kind: str  # "sqs"
@@ -71,6 +81,7 @@ class JobConfig:
     history: str = "current"  # "all": also import the source's versions (S3 versioning, GCS generations)
     list_partitions: int = 1  # S3 sources: key ranges listed in parallel, each resumable (issue 9)
     events: EventsConfig | None = None  # issue 9: event-driven replication between scheduled runs
+    inventory: "InventoryConfig | None" = None  # issue 9: list from S3 Inventory reports
 
 
 @dataclass(frozen=True)
@@ -236,10 +247,11 @@ def _job(t: "_Reader") -> JobConfig:
     history = _history(t, kind, source)
     list_partitions = int(t.number("list_partitions", 1, 1, 256, integer=True))
     events = _events(t.table("events"), kind, source, history) if "events" in t.data else None
+    inventory = _inventory(t.table("inventory"), kind, source, history) if "inventory" in t.data else None
     job = JobConfig(name=name, source=source, kind=kind, schedule=schedule, include=include,
                     exclude=exclude, source_options=t.options("source_options"), repositories=repositories,
                     safety=_safety(t.table("safety")), retention=_retention(t.table("retention")), history=history,
-                    list_partitions=list_partitions, events=events)
+                    list_partitions=list_partitions, events=events, inventory=inventory)
     t.done()
     return job
 
@@ -285,6 +297,25 @@ def _events(t: "_Reader", kind: str, source: str, history: str) -> EventsConfig:
     visibility = int(t.number("visibility_timeout", 300, 10, 43200, integer=True))
     t.done()
     return EventsConfig(kind=ev_kind, queue_url=url, options=options, batch_window=window, visibility_timeout=visibility)
+
+
+def _inventory(t: "_Reader", kind: str, source: str, history: str) -> InventoryConfig:
+    """`[jobs.inventory]`: location of the reports (s3://), options, max_age."""
+    scheme = source.split("://", 1)[0].lower() if "://" in source else ""
+    if kind != "objects" or scheme not in ("s3", "s3a") or history == "all":
+        raise ConfigError(t.key("location"), "an inventory lists an objects job whose source is s3:// (history = "
+                                             f'"current"), got {source or kind!r}')
+    location = t.string("location", required=True)
+    if not re.fullmatch(r"s3a?://[^/\s]+/\S*", location):
+        raise ConfigError(t.key("location"), f"expected s3://BUCKET/PREFIX/SOURCE-BUCKET/CONFIG-ID/, got {location!r}")
+    options = t.options("options") if "options" in t.data else None
+    text = t.string("max_age", default="2d")
+    try:
+        max_age = parse_duration(text)
+    except ValueError as e:
+        raise ConfigError(t.key("max_age"), str(e)) from None
+    t.done()
+    return InventoryConfig(location, options, max_age)
 
 
 HISTORY_MODES = ("current", "all")

@@ -174,6 +174,18 @@ def _list(cat: Catalogue, job: JobConfig, source: Source, stats: RunStats, start
     A source that lists key ranges in order (S3) is listed as `job.list_partitions` ranges in
     parallel, each batch committed with how far its range got: a run killed while listing a huge
     bucket resumes every range where it stopped, and keeps the time the listing began."""
+    inventory = getattr(source, "inventory", None)
+    if inventory is not None:
+        head = cat.head(job.name)
+        last = cat.snapshot_started(job.name, head[0]) if head else None
+        report, why = inventory.usable(_parse_time(last) if last else None)
+        if report is not None:
+            cat.start_listing(job.name)
+            _list_into(cat, job.name, inventory.items(report), stats, progress, stop)
+            stats.started = format_time_precise(report.time)
+            log.info("job %s: listed from the inventory report of %s", job.name, stats.started)
+            return report.time
+        log.info("job %s: %s; listing the bucket instead", job.name, why)
     if not getattr(source, "resumable", False):
         cat.start_listing(job.name)
         _list_into(cat, job.name, source.list(), stats, progress, stop)
@@ -217,7 +229,13 @@ def _list(cat: Catalogue, job: JobConfig, source: Source, stats: RunStats, start
             f.result()  # the first failure is the run's error; what was listed stays for the next run
     if stop is None or not stop.is_set():
         cat.end_listing(job.name)
-    return datetime.strptime(state["started"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    return _parse_time(state["started"])
+
+
+def _parse_time(text: str) -> datetime:
+    """A time as format_time_precise writes it (older snapshots: whole seconds)."""
+    fmt = "%Y-%m-%dT%H:%M:%S.%fZ" if "." in text else "%Y-%m-%dT%H:%M:%SZ"
+    return datetime.strptime(text, fmt).replace(tzinfo=timezone.utc)
 
 
 def _list_into(cat: Catalogue, job: str, items, stats: RunStats, progress: Progress | None,

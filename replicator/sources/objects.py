@@ -24,6 +24,7 @@ _LIST_BATCH = 1000
 class ObjectSource:
     # history = "all" (issue 10): list the current versions by version id (set by history_import)
     list_versions = False
+    inventory = None  # [jobs.inventory] (issue 9): an InventoryListing, set by open_source
 
     def __init__(self, url: str, options: dict[str, Any], accept: Callable[[str], bool], backoff: Backoff | None = None):
         self.url = url
