@@ -264,9 +264,11 @@ def test_a_root_written_by_someone_else_is_still_refused(tmp_path):
 # -- a whole run against a faulty store, in process ---------------------------------------------------
 
 
-def make_source_dir(path: Path, n: int = 40, seed: int = 1) -> dict[str, bytes]:
+def make_source_dir(path: Path, n: int = 40, seed: int = 1, mid: int = 0) -> dict[str, bytes]:
+    """n small objects (packed, 64 to a blob) and `mid` of 600 KB (a blob each), and one of three chunks."""
     rng = random.Random(seed)
     objects = {f"d{i % 4}/obj-{i:03d}.bin": rng.randbytes(rng.randint(0, 30_000)) for i in range(n)}
+    objects.update({f"mid/obj-{i:03d}.bin": rng.randbytes(600_000) for i in range(mid)})
     objects["big/nine-mib.bin"] = rng.randbytes(9 * MiB + 123)  # three chunks
     for k, v in objects.items():
         (path / k).parent.mkdir(parents=True, exist_ok=True)
@@ -296,7 +298,7 @@ def restored(vault: Vault, out: Path) -> dict[str, bytes]:
 
 def test_scripted_faults_on_every_vault_method_all_hit_and_the_run_completes(tmp_path):
     src = tmp_path / "src"
-    objects = make_source_dir(src)
+    objects = make_source_dir(src, n=200, mid=10)  # 4 packs + 13 chunk blobs + a page: enough data puts for the script
     inner = LocalStore(str(tmp_path / "vault"))
     script = {
         "put data/": [None, StoreError("503 SlowDown"), None, After(StoreError("reset after the put")),
@@ -325,7 +327,7 @@ def test_scripted_faults_on_every_vault_method_all_hit_and_the_run_completes(tmp
 
 def test_a_run_under_10_percent_random_store_faults_equals_a_fault_free_run(tmp_path):
     src = tmp_path / "src"
-    objects = make_source_dir(src, n=120, seed=2)
+    objects = make_source_dir(src, n=120, seed=2, mid=60)  # 2 packs, 63 chunk blobs: enough calls for a 10 % rate
     plain, _ = run_in_process(LocalStore(str(tmp_path / "plain")), src, tmp_path / "state-plain")
     faulty = FaultyStore(LocalStore(str(tmp_path / "faulty")), rate=0.10, seed=10)
     b, t = instant(attempts=8)
@@ -601,8 +603,8 @@ def filled(s3_server, bucket, n: int, size: int) -> dict[str, bytes]:
 
 
 def test_a_vault_that_fills_up_mid_run_fails_cleanly_and_the_next_run_completes(tmp_path, s3_server, bucket, tmpfs):
-    objects = filled(s3_server, bucket, 60, 100_000)  # 6 MB that does not compress
-    vault = tmpfs(tmp_path / "vault", "2m")
+    objects = filled(s3_server, bucket, 300, 40_000)  # 12 MB that does not compress, packs of 2.6 MB
+    vault = tmpfs(tmp_path / "vault", "4m")  # the first pack fits, the second does not
     p = s3_project(tmp_path, bucket[1], s3_server.endpoint_url)
     p.cli("init")
     r = p.cli("run", check=2)
@@ -619,13 +621,13 @@ def test_a_vault_that_fills_up_mid_run_fails_cleanly_and_the_next_run_completes(
 
 
 def test_a_vault_that_turns_read_only_mid_run_fails_cleanly_and_the_next_run_completes(tmp_path, s3_server, bucket, tmpfs):
-    objects = filled(s3_server, bucket, 200, 20_000)
+    objects = filled(s3_server, bucket, 1000, 20_000)  # 16 packs
     vault = tmpfs(tmp_path / "vault", "64m")
     p = s3_project(tmp_path, bucket[1], s3_server.endpoint_url)
     p.cli("init")
     run = p.popen("run", "--workers", "2")
     deadline = time.monotonic() + 30
-    while len(list((vault.path / "data").rglob("*"))) < 40:
+    while len([f for f in (vault.path / "data").rglob("*") if f.is_file()]) < 3:
         assert run.poll() is None and time.monotonic() < deadline, "the run ended before the vault turned read-only"
         time.sleep(0.01)
     vault.remount("ro")
@@ -643,13 +645,13 @@ def test_a_vault_that_turns_read_only_mid_run_fails_cleanly_and_the_next_run_com
 
 def test_a_state_directory_that_fills_up_mid_run_fails_cleanly_and_the_next_run_completes(tmp_path, s3_server, bucket, tmpfs):
     """Recovery is asserted first (it works); the clean one-line error at the end is what fails today."""
-    objects = filled(s3_server, bucket, 300, 2_000)
+    objects = filled(s3_server, bucket, 1200, 2_000)  # 19 packs
     state = tmpfs(tmp_path / "state", "4m")
     p = s3_project(tmp_path, bucket[1], s3_server.endpoint_url)
     p.cli("init")
     run = p.popen("run", "--workers", "2")
     deadline = time.monotonic() + 30
-    while len(list((tmp_path / "vault" / "data").rglob("*"))) < 40:
+    while len([f for f in (tmp_path / "vault" / "data").rglob("*") if f.is_file()]) < 3:
         assert run.poll() is None and time.monotonic() < deadline, "the run ended before the disk filled"
         time.sleep(0.01)
     with open(state.path / "ballast", "wb") as f:  # everything that is left
