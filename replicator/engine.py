@@ -169,19 +169,41 @@ def _copy(vault: Vault, cat: Catalogue, job: str, source: Source, stats: RunStat
                 stats.reused += 1
         return found
 
+    def store(data: bytes) -> ChunkRef | Future:
+        cid = vault.chunk_id(data)
+        ref = known(cid)
+        if ref is None and len(data) < PACK_THRESHOLD:
+            ref, added = packer.add(data, cid)
+            if not added:  # another thread packed it meanwhile
+                with lock:
+                    stats.reused += 1
+        elif ref is None:
+            ref = vault.write_chunk(data, cid=cid)
+        return ref
+
+    # The chunks of a large object are read and stored in parallel by a second pool; `slots` bounds
+    # the chunks in memory at once over all objects (workers / 2 x chunk size, never an object).
+    slots = threading.BoundedSemaphore(max(2, workers // 2))
+
+    def copy_part(item: SourceItem, start: int, end: int) -> ChunkRef | Future:
+        try:
+            return store(source.read_part(item, start, end))
+        finally:
+            slots.release()
+
     def copy_one(item: SourceItem) -> list[ChunkRef | Future]:
-        refs: list[ChunkRef | Future] = []
-        for data in source.read(item, CHUNK_SIZE):
-            cid = vault.chunk_id(data)
-            ref = known(cid)
-            if ref is None and len(data) < PACK_THRESHOLD:
-                ref, added = packer.add(data, cid)
-                if not added:  # another thread packed it meanwhile
-                    with lock:
-                        stats.reused += 1
-            elif ref is None:
-                ref = vault.write_chunk(data, cid=cid)
-            refs.append(ref)
+        if item.size <= CHUNK_SIZE or not callable(getattr(source, "read_part", None)):
+            return [store(data) for data in source.read(item, CHUNK_SIZE)]
+        futures = []
+        for start in range(0, item.size, CHUNK_SIZE):
+            slots.acquire()
+            try:
+                futures.append(parts.submit(copy_part, item, start, min(start + CHUNK_SIZE, item.size)))
+            except BaseException:
+                slots.release()
+                raise
+        refs = [f.result() for f in futures]
+        source.finish_parts(item)
         return refs
 
     last_commit = time.monotonic()
@@ -226,7 +248,8 @@ def _copy(vault: Vault, cat: Catalogue, job: str, source: Source, stats: RunStat
             stats.copied += 1
             stats.copied_bytes += item.size
 
-    with ThreadPoolExecutor(workers, thread_name_prefix="copy") as pool:
+    with ThreadPoolExecutor(workers, thread_name_prefix="part") as parts, \
+            ThreadPoolExecutor(workers, thread_name_prefix="copy") as pool:
         try:
             for item in cat.to_copy(job):
                 if stop is not None and stop.is_set():

@@ -278,3 +278,71 @@ def test_a_run_whose_pack_write_fails_records_nothing_that_points_at_it_and_the_
     assert restored(vault, tmp_path / "out") == objects
     report = verify(vault, None, ["j"], deep=True)
     assert report.ok, report.problems
+
+
+class Watching(ObjectSource):
+    """The real source, noting how many parts of one object are being read at the same moment."""
+
+    def __init__(self, *a, on_part=None, **kw):
+        super().__init__(*a, **kw)
+        self.lock, self.now, self.peak, self.parts, self.on_part = threading.Lock(), 0, 0, 0, on_part
+
+    def read_part(self, item, start, end):
+        with self.lock:
+            self.now += 1
+            self.parts += 1
+            self.peak = max(self.peak, self.now)
+        try:
+            if self.on_part:
+                self.on_part(item, start)
+            import time
+
+            time.sleep(0.05)  # long enough for the others to start
+            return super().read_part(item, start, end)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+def run_watching(store, cfg: JobConfig, state: Path, options: dict, **kw):
+    vault = Vault.open(store, MASTER) if Vault.exists(store) else Vault.create(store, MASTER)
+    cat = Catalogue(state / "catalogue.db")
+    cat.bind(vault.vault_id)
+    source = Watching(cfg.source, options, KeyFilter(("**",), ()), backoff=Backoff(), **kw)
+    try:
+        return vault, run_job(vault, cat, cfg, source, workers=8), source
+    finally:
+        cat.close()
+
+
+def test_the_parts_of_one_large_s3_object_are_read_in_parallel_and_bounded(tmp_path, s3_server):
+    fs = s3_fs(s3_server)
+    bucket = unique("big")
+    fs.mkdir(bucket)
+    big = os.urandom(40 * 2**20 + 7)
+    fs.pipe_file(f"{bucket}/one/big.bin", big)
+    cfg = JobConfig(name="j", source=f"s3://{bucket}")
+    store = LocalStore(str(tmp_path / "vault"))
+    vault, stats, source = run_watching(store, cfg, tmp_path / "state", s3_server.fsspec_options())
+    assert stats.errors == [] and stats.copied == 1
+    assert source.parts == 11 and 2 <= source.peak <= 4  # in parallel, at most workers / 2 at once
+    (refs,) = state_refs(vault).values()
+    assert [c.size for c in refs] == [4 * 2**20] * 10 + [7] and refs[-1].blob != refs[-1].id  # the tail is packed
+    assert restored(vault, tmp_path / "out") == {"one/big.bin": big}
+    assert verify(vault, None, ["j"], deep=True).ok
+
+
+def test_a_local_file_rewritten_between_its_parts_is_not_recorded(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(os.urandom(12 * 2**20))
+    (src / "small.bin").write_bytes(b"small")
+
+    def rewrite(item, start):
+        if item.key == "big.bin" and start == 8 * 2**20:
+            (src / "big.bin").write_bytes(os.urandom(12 * 2**20))
+
+    cfg = JobConfig(name="j", source=f"file://{src}")
+    vault, stats, _ = run_watching(LocalStore(str(tmp_path / "vault")), cfg, tmp_path / "state", {}, on_part=rewrite)
+    assert len(stats.warnings) == 1 and "changed while it was read" in stats.warnings[0]
+    assert set(state_refs(vault)) == {"small.bin"}  # never a mix of two versions

@@ -195,6 +195,24 @@ class ObjectSource:
             if self.protocol == "file" or (item.size > chunk_size and self.protocol not in _S3):
                 self._recheck(item, path)
 
+    # -- parts of one large object, read concurrently by the engine (issue 7) ---------------------
+
+    def read_part(self, item: SourceItem, start: int, end: int) -> bytes:
+        """Bytes start..end of the item (one part of a large object; parts may be read in any order
+        and at once). The same checks as read(): S3 GETs carry If-Match; elsewhere call
+        `finish_parts` once every part is read."""
+        path = f"{self.root}/{item.key}" if self.root else item.key
+        with _errors(self.url, item):
+            return self._range(item, path, start, end)
+
+    def finish_parts(self, item: SourceItem) -> None:
+        """After all parts of an item: is it still the one that was listed? (SourceChanged if not)."""
+        if self.protocol in _S3:
+            return  # every ranged GET was conditional on the listed ETag
+        path = f"{self.root}/{item.key}" if self.root else item.key
+        with _errors(self.url, item):
+            self._recheck(item, path)
+
     def _range(self, item: SourceItem, path: str, start: int, end: int) -> bytes:
         """Bytes start..end of the item, exactly (a whole-object GET when that is the whole item)."""
         whole = start == 0 and end == item.size

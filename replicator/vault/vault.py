@@ -25,7 +25,7 @@ from replicator.stores.base import checksums_of
 from replicator.vault import crypto, keys
 from replicator.vault.crypto import Random
 from replicator.vault.format import (CHUNK_SIZE, CONFIG_NAME, FORMAT_NAME, FORMAT_VERSION, ChunkRef,
-                                     data_name, decode_record, encode_record, frame, key_name,
+                                     data_name, decode_record, encode_record, frame, framed_record, key_name,
                                      parse_snapshot_name, snapshot_name, unframe)
 from replicator.vault.keys import Keyring, MasterKey
 from replicator.vault.manifest import SnapshotRoot
@@ -159,9 +159,10 @@ class Vault:
     def write_chunk(self, data: bytes, compress: bool = True, cid: str | None = None) -> ChunkRef:
         """Store one chunk (deduplicated by its keyed hash) in its own blob and return its reference."""
         cid = cid or self.chunk_id(data)
-        record = encode_record(data, compress)
-        size = self._write_blob(data_name(cid), record)
-        return ChunkRef(cid, size, 0, len(record), len(data), cid)
+        plaintext, length = framed_record(data, compress)
+        blob = crypto.seal_with(plaintext, self.content_wrap, self.rng)
+        del plaintext  # during the put only the sealed copy is held
+        return ChunkRef(cid, self._put_blob(data_name(cid), blob), 0, length, len(data), cid)
 
     def pack_id(self, records: list[tuple[str, int]]) -> str:
         """The name of a pack holding these (chunk id, record length) in this order (FORMAT.md §6):
@@ -171,10 +172,10 @@ class Vault:
 
     def write_pack(self, pack_id: str, payload: bytes) -> int:
         """Store a pack (records of several chunks, concatenated) as one blob; its stored size."""
-        return self._write_blob(data_name(pack_id), payload)
+        return self._put_blob(data_name(pack_id), self.seal_content(payload))
 
-    def _write_blob(self, name: str, payload: bytes) -> int:
-        blob = self.seal_content(payload)
+    def _put_blob(self, name: str, blob: bytes) -> int:
+        """Store a sealed content blob under its keyed name: its stored size."""
         try:
             size = _put_checked(self.store, name, blob)
         except AlreadyExists:
