@@ -181,30 +181,43 @@ def _copy(vault: Vault, cat: Catalogue, job: str, source: Source, stats: RunStat
             ref = vault.write_chunk(data, cid=cid)
         return ref
 
-    # The chunks of a large object are read and stored in parallel by a second pool; `slots` bounds
-    # the chunks in memory at once over all objects (workers / 2 x chunk size, never an object).
+    # The chunks of a large object are stored (hashed, compressed, sealed, written) in parallel by a
+    # second pool, and, where the source is better read so, also read in parallel (read_part); else
+    # the object is read as one stream (one GET on S3). `slots` bounds the chunks in memory at once
+    # over all objects (workers / 2 x chunk size, never an object).
     slots = threading.BoundedSemaphore(max(2, workers // 2))
 
-    def copy_part(item: SourceItem, start: int, end: int) -> ChunkRef | Future:
+    def part(get: Callable[[], bytes]) -> ChunkRef | Future:
         try:
-            return store(source.read_part(item, start, end))
+            return store(get())
         finally:
             slots.release()
 
+    def submit(get: Callable[[], bytes]) -> Future:
+        slots.acquire()
+        try:
+            return parts.submit(part, get)
+        except BaseException:
+            slots.release()
+            raise
+
     def copy_one(item: SourceItem) -> list[ChunkRef | Future]:
-        if item.size <= CHUNK_SIZE or not callable(getattr(source, "read_part", None)):
+        if item.size <= CHUNK_SIZE:
             return [store(data) for data in source.read(item, CHUNK_SIZE)]
+        if getattr(source, "parallel_parts", False):
+            futures = [submit(lambda start=start: source.read_part(item, start, min(start + CHUNK_SIZE, item.size)))
+                       for start in range(0, item.size, CHUNK_SIZE)]
+            refs = [f.result() for f in futures]
+            source.finish_parts(item)
+            return refs
         futures = []
-        for start in range(0, item.size, CHUNK_SIZE):
-            slots.acquire()
-            try:
-                futures.append(parts.submit(copy_part, item, start, min(start + CHUNK_SIZE, item.size)))
-            except BaseException:
-                slots.release()
-                raise
-        refs = [f.result() for f in futures]
-        source.finish_parts(item)
-        return refs
+        try:
+            for data in source.read(item, CHUNK_SIZE):
+                futures.append(submit(lambda data=data: data))
+        except BaseException:
+            wait(futures)  # nothing of this object left running when it is given up
+            raise
+        return [f.result() for f in futures]
 
     last_commit = time.monotonic()
     in_flight: dict[Future, SourceItem] = {}

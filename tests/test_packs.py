@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from faultproxy import FaultProxy
 from project import read_dir, s3_fs, unique
+from test_faults import upstream
 from replicator.backoff import Backoff
 from replicator.catalogue import Catalogue
 from replicator.config import JobConfig
@@ -281,24 +283,37 @@ def test_a_run_whose_pack_write_fails_records_nothing_that_points_at_it_and_the_
 
 
 class Watching(ObjectSource):
-    """The real source, noting how many parts of one object are being read at the same moment."""
+    """The real source, with a hook called after each chunk it yields."""
 
-    def __init__(self, *a, on_part=None, **kw):
+    def __init__(self, *a, on_chunk=None, **kw):
         super().__init__(*a, **kw)
-        self.lock, self.now, self.peak, self.parts, self.on_part = threading.Lock(), 0, 0, 0, on_part
+        self.on_chunk = on_chunk
 
-    def read_part(self, item, start, end):
+    def read(self, item, chunk_size):
+        for i, data in enumerate(super().read(item, chunk_size)):
+            yield data
+            if self.on_chunk:
+                self.on_chunk(item, i)
+
+
+class SlowPuts(Counting):
+    """Counting, and each data put takes a while: how many run at the same moment is noted."""
+
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.now = self.peak = 0
+
+    def put(self, name, data):
+        if not name.startswith("data/"):
+            return super().put(name, data)
         with self.lock:
             self.now += 1
-            self.parts += 1
             self.peak = max(self.peak, self.now)
         try:
-            if self.on_part:
-                self.on_part(item, start)
             import time
 
-            time.sleep(0.05)  # long enough for the others to start
-            return super().read_part(item, start, end)
+            time.sleep(0.05)
+            return super().put(name, data)
         finally:
             with self.lock:
                 self.now -= 1
@@ -315,34 +330,41 @@ def run_watching(store, cfg: JobConfig, state: Path, options: dict, **kw):
         cat.close()
 
 
-def test_the_parts_of_one_large_s3_object_are_read_in_parallel_and_bounded(tmp_path, s3_server):
+def test_the_chunks_of_one_large_s3_object_come_from_one_get_and_are_stored_in_parallel(tmp_path, s3_server):
     fs = s3_fs(s3_server)
     bucket = unique("big")
     fs.mkdir(bucket)
     big = os.urandom(40 * 2**20 + 7)
     fs.pipe_file(f"{bucket}/one/big.bin", big)
     cfg = JobConfig(name="j", source=f"s3://{bucket}")
-    store = LocalStore(str(tmp_path / "vault"))
-    vault, stats, source = run_watching(store, cfg, tmp_path / "state", s3_server.fsspec_options())
+    store = SlowPuts(LocalStore(str(tmp_path / "vault")))
+    proxy = FaultProxy(*upstream(s3_server)).start()  # no faults: it counts the source's GETs
+    try:
+        vault, stats, _ = run_watching(store, cfg, tmp_path / "state",
+                                       {**s3_server.fsspec_options(), "endpoint_url": proxy.url})
+    finally:
+        proxy.stop()
     assert stats.errors == [] and stats.copied == 1
-    assert source.parts == 11 and 2 <= source.peak <= 4  # in parallel, at most workers / 2 at once
+    reads, versions = proxy.object_reads()
+    assert reads == versions == 1  # one GET for 11 chunks
+    assert 2 <= store.peak <= 4  # chunk blobs written in parallel, at most workers / 2 at once
     (refs,) = state_refs(vault).values()
     assert [c.size for c in refs] == [4 * 2**20] * 10 + [7] and refs[-1].blob != refs[-1].id  # the tail is packed
     assert restored(vault, tmp_path / "out") == {"one/big.bin": big}
     assert verify(vault, None, ["j"], deep=True).ok
 
 
-def test_a_local_file_rewritten_between_its_parts_is_not_recorded(tmp_path):
+def test_a_local_file_rewritten_while_its_chunks_are_stored_is_not_recorded(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     (src / "big.bin").write_bytes(os.urandom(12 * 2**20))
     (src / "small.bin").write_bytes(b"small")
 
-    def rewrite(item, start):
-        if item.key == "big.bin" and start == 8 * 2**20:
+    def rewrite(item, i):
+        if item.key == "big.bin" and i == 1:
             (src / "big.bin").write_bytes(os.urandom(12 * 2**20))
 
     cfg = JobConfig(name="j", source=f"file://{src}")
-    vault, stats, _ = run_watching(LocalStore(str(tmp_path / "vault")), cfg, tmp_path / "state", {}, on_part=rewrite)
+    vault, stats, _ = run_watching(LocalStore(str(tmp_path / "vault")), cfg, tmp_path / "state", {}, on_chunk=rewrite)
     assert len(stats.warnings) == 1 and "changed while it was read" in stats.warnings[0]
     assert set(state_refs(vault)) == {"small.bin"}  # never a mix of two versions
