@@ -210,10 +210,20 @@ def _copy(vault: Vault, cat: Catalogue, job: str, source: Source, stats: RunStat
             refs = [f.result() for f in futures]
             source.finish_parts(item)
             return refs
-        futures = []
+        futures, chunks = [], source.read(item, CHUNK_SIZE)
         try:
-            for data in source.read(item, CHUNK_SIZE):
-                futures.append(submit(lambda data=data: data))
+            while True:
+                slots.acquire()  # before the read: a thread waiting for a slot holds no chunk
+                try:
+                    data = next(chunks, None)
+                    if data is None:
+                        break
+                    futures.append(parts.submit(part, lambda data=data: data))
+                    del data
+                except BaseException:
+                    slots.release()
+                    raise
+            slots.release()
         except BaseException:
             wait(futures)  # nothing of this object left running when it is given up
             raise

@@ -150,7 +150,10 @@ def test_200_small_objects_make_a_pack_per_64_and_read_back_exactly(tmp_path, s3
     assert all(len(chunks) == 1 for chunks in refs.values())
     # every chunk's reference places it in a pack, under a name that is not its chunk id
     assert all(c.blob != c.id for chunks in refs.values() for c in chunks)
+    store.reset()
     assert restored(vault, tmp_path / "out") == objects
+    # a whole restore fetches each pack once (and the pages), not one range per object
+    assert store.calls[("get", "data")] == len(blobs) + len(root.pages), store.calls
     report = verify(vault, None, ["j"], deep=True)
     assert report.ok, report.problems
     assert report.chunks_checked == 200 + len(root.pages) and report.blobs_read == len(blobs) + len(root.pages)

@@ -251,6 +251,22 @@ class Vault:
             raise IntegrityError("content does not match its hash")
         return data
 
+    def read_payload(self, blob_id: str, blob_size: int) -> bytes:
+        """A whole blob's payload, opened and checked (size, every segment, padding): for readers that
+        want many chunks of one pack (restore), which then take them with chunk_in()."""
+        name = data_name(blob_id)
+        blob = self.store.get(name)
+        if len(blob) != blob_size:
+            raise IntegrityError(f"{name}: stored size {len(blob)} differs from the recorded {blob_size}")
+        return self.open_blob(blob, name)
+
+    def chunk_in(self, payload: bytes, ref: ChunkRef) -> bytes:
+        """The chunk `ref` places in `payload` (read_payload of ref.blob), decoded and hash-checked."""
+        try:
+            return self._decoded(payload[ref.offset:ref.offset + ref.length], ref)
+        except IntegrityError as e:
+            raise IntegrityError(f"{data_name(ref.blob)}: {e}") from None
+
     def check_blob(self, blob_id: str, refs: list[ChunkRef]) -> int:
         """Deep check of one blob: download it once, open it whole (every segment tag, padding,
         payload length), and decode and hash every chunk the refs place in it. Returns how many
