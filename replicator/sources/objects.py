@@ -208,21 +208,22 @@ class ObjectSource:
         body = self.backoff.call(lambda: sync(self.fs.loop, self._s3_open, item, 0), _transient, what)
         try:
             while pos < item.size:
-                try:
-                    piece = sync(self.fs.loop, body.read, min(_PIECE, item.size - pos + 1))
-                    if not piece:
+                before = len(pending)
+                try:  # a whole chunk per hop to the IO thread; what arrived stays in `pending` on failure
+                    sync(self.fs.loop, _fill, body, pending, min(chunk_size, item.size - pos + before + 1))
+                    if len(pending) == before:
                         raise _Truncated(f"{item.key!r}: the body ended after {pos} of {item.size} bytes")
                 except Exception as e:
+                    pos += len(pending) - before
                     breaks += 1
                     if not _transient(e) or breaks > 16:
                         raise
                     body.close()
                     body = self.backoff.call(lambda: sync(self.fs.loop, self._s3_open, item, pos), _transient, what)
                     continue
-                pos += len(piece)
+                pos += len(pending) - before
                 if pos > item.size:
                     raise SourceChanged(f"{item.key!r} changed while it was read (longer than listed)")
-                pending += piece
                 while len(pending) >= chunk_size or (pos == item.size and pending):
                     yield bytes(pending[:chunk_size])
                     del pending[:chunk_size]
@@ -337,6 +338,15 @@ _S3 = ("s3", "s3a")
 _PIECE = 256 * 1024
 _NETWORK_MODULES = ("aiohttp", "botocore", "aiobotocore", "urllib3", "requests", "google", "gcsfs", "azure", "adlfs",
                     "asyncssh", "sshfs")
+
+
+async def _fill(body, buf: bytearray, n: int) -> None:
+    """Append a streaming body's bytes to buf until it holds n bytes or the body ends."""
+    while len(buf) < n:
+        piece = await body.read(min(_PIECE, n - len(buf)))
+        if not piece:
+            return
+        buf += piece
 
 
 class _Truncated(ConnectionError):
