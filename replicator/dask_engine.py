@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from concurrent.futures import Future
 from dataclasses import astuple
 
 from replicator.catalogue import Catalogue
@@ -25,6 +26,7 @@ from replicator.engine import Progress, RunStats
 from replicator.errors import ReplicatorError, SourceChanged, SourceError, StoreError
 from replicator.sources.base import Source, SourceItem
 from replicator.vault.format import CHUNK_SIZE, ChunkRef
+from replicator.vault.packs import PACK_THRESHOLD, PackWriter
 from replicator.vault.vault import Vault
 
 log = logging.getLogger("replicator.dask")
@@ -135,19 +137,31 @@ def copy_batch(config_path: str, job: str, items: list[tuple]) -> tuple[list, li
     """A Dask task: copy `items` of `job` into the vault. Returns ([(item fields, refs, problem)],
     provider checksums of the blobs written). Runs on a worker; raises only what should fail the run."""
     vault, source = _context(config_path, job)
-    out = []
+    packer = PackWriter(vault)  # the task's small chunks share packs; written before the task returns
+    copied = []
     for fields in items:
         item = SourceItem(*fields)
         try:
-            refs = [vault.write_chunk(data).to_json() for data in source.read(item, CHUNK_SIZE)]
-            out.append((fields, refs, None))
+            refs = []
+            for data in source.read(item, CHUNK_SIZE):
+                cid = vault.chunk_id(data)
+                refs.append(packer.add(data, cid)[0] if len(data) < PACK_THRESHOLD else vault.write_chunk(data, cid=cid))
+            copied.append((fields, refs, None))
         except SourceChanged as e:
-            out.append((fields, None, ("changed", str(e))))
+            copied.append((fields, None, ("changed", str(e))))
         except SourceError as e:
-            out.append((fields, None, ("error", str(e))))
+            copied.append((fields, None, ("error", str(e))))
+    packer.flush()
+    out = [(fields, refs if refs is None else [_resolved(r).to_json() for r in refs], problem)
+           for fields, refs, problem in copied]
     global TASKS_DONE
     TASKS_DONE += 1
     return out, vault.take_checksums()
+
+
+def _resolved(ref) -> ChunkRef:
+    """A ChunkRef, or the future of a packed chunk's (its pack was flushed: resolved or failed)."""
+    return ref.result() if isinstance(ref, Future) else ref
 
 
 def _context(config_path: str, job_name: str) -> tuple[Vault, Source]:

@@ -32,12 +32,14 @@ from replicator.sources.base import Source, SourceItem
 from replicator.units import format_time_precise
 from replicator.vault.format import CHUNK_SIZE, PAGE_SIZE, ChunkRef
 from replicator.vault.manifest import SnapshotRoot, encode_blob_lists, encode_pages
+from replicator.vault.packs import PACK_THRESHOLD, PackWriter
 from replicator.vault.vault import Vault
 
 log = logging.getLogger("replicator.engine")
 
 CHECKPOINT_EVERY = 200  # a checkpoint and at most 199 deltas after it
 LIST_BATCH = 2000
+PACK_MAX_AGE = 30.0  # seconds a partly filled pack may wait for more small chunks
 
 
 @dataclass
@@ -257,36 +259,111 @@ def _list_into(cat: Catalogue, job: str, items, stats: RunStats, progress: Progr
 
 def _copy(vault: Vault, cat: Catalogue, job: str, source: Source, stats: RunStats, workers: int,
           progress: Progress | None, stop: threading.Event | None) -> None:
-    """Copy every item that needs it, `workers` at a time; record each as pending when done."""
+    """Copy every item that needs it, `workers` at a time; record each as pending when done.
+
+    Small chunks go into packs (vault/packs.py), large ones into a blob each. An item is done
+    when all its chunks are verifiably stored: for a packed chunk, when its pack is written.
+    Only then is it recorded as pending (with its chunks in the chunk index), so a crash at any
+    moment leaves no reference to anything missing."""
     lock = threading.Lock()
+    packer = PackWriter(vault)
 
-    def known(cid: str) -> ChunkRef | None:
-        with lock:
-            return cat.chunk(cid)
-
-    def copy_one(item: SourceItem) -> list[ChunkRef]:
-        refs = []
-        for data in source.read(item, CHUNK_SIZE):
-            cid = vault.chunk_id(data)
-            ref = known(cid)
-            if ref is None:
-                ref = vault.write_chunk(data, cid=cid)
-            else:
+    def known(cid: str) -> ChunkRef | Future | None:
+        found = packer.pending(cid)  # first: a chunk leaves it only once the catalogue has it
+        if found is None:
+            with lock:
+                found = cat.chunk(cid)
+        if found is not None:
+            with lock:
                 stats.reused += 1
-            refs.append(ref)
-        return refs
+        return found
+
+    def store(data: bytes) -> ChunkRef | Future:
+        cid = vault.chunk_id(data)
+        ref = known(cid)
+        if ref is None and len(data) < PACK_THRESHOLD:
+            ref, added = packer.add(data, cid)
+            if not added:  # another thread packed it meanwhile
+                with lock:
+                    stats.reused += 1
+        elif ref is None:
+            ref = vault.write_chunk(data, cid=cid)
+        return ref
+
+    # The chunks of a large object are stored (hashed, compressed, sealed, written) in parallel by a
+    # second pool, and, where the source is better read so, also read in parallel (read_part); else
+    # the object is read as one stream (one GET on S3). `slots` bounds the chunks in memory at once
+    # over all objects (workers / 2 x chunk size, never an object).
+    slots = threading.BoundedSemaphore(max(2, workers // 2))
+
+    def part(get: Callable[[], bytes]) -> ChunkRef | Future:
+        try:
+            return store(get())
+        finally:
+            slots.release()
+
+    def submit(get: Callable[[], bytes]) -> Future:
+        slots.acquire()
+        try:
+            return parts.submit(part, get)
+        except BaseException:
+            slots.release()
+            raise
+
+    def copy_one(item: SourceItem) -> list[ChunkRef | Future]:
+        if item.size <= CHUNK_SIZE:
+            return [store(data) for data in source.read(item, CHUNK_SIZE)]
+        if getattr(source, "parallel_parts", False):
+            futures = [submit(lambda start=start: source.read_part(item, start, min(start + CHUNK_SIZE, item.size)))
+                       for start in range(0, item.size, CHUNK_SIZE)]
+            refs = [f.result() for f in futures]
+            source.finish_parts(item)
+            return refs
+        futures, chunks = [], source.read(item, CHUNK_SIZE)
+        try:
+            while True:
+                slots.acquire()  # before the read: a thread waiting for a slot holds no chunk
+                try:
+                    data = next(chunks, None)
+                    if data is None:
+                        break
+                    futures.append(parts.submit(part, lambda data=data: data))
+                    del data
+                except BaseException:
+                    slots.release()
+                    raise
+            slots.release()
+        except BaseException:
+            wait(futures)  # nothing of this object left running when it is given up
+            raise
+        return [f.result() for f in futures]
 
     last_commit = time.monotonic()
     in_flight: dict[Future, SourceItem] = {}
-    pending_done: list[tuple[SourceItem, list[ChunkRef]]] = []
+    waiting: list[tuple[SourceItem, list[ChunkRef | Future]]] = []  # copied; some chunks' packs not yet written
 
     def flush() -> None:
+        """Record the items whose chunks are all stored; a failed pack write fails the run."""
+        ready, still, failed = [], [], None
+        for item, refs in waiting:
+            futures = [r for r in refs if isinstance(r, Future)]
+            if any(not f.done() for f in futures):
+                still.append((item, refs))
+                continue
+            error = next((f.exception() for f in futures if f.exception() is not None), None)
+            if error is not None:  # its pack was not stored: not recorded, the run fails below
+                failed = failed or error
+                continue
+            ready.append((item, [r.result() if isinstance(r, Future) else r for r in refs]))
+        waiting[:] = still
         with lock, cat.transaction():
-            for item, refs in pending_done:
+            for item, refs in ready:
                 cat.add_pending(job, item, refs)
                 cat.add_chunks(refs)
             cat.record_checksums(vault.take_checksums())  # issue 10: provider checksums of the new blobs
-        pending_done.clear()
+        packer.forget(r.id for _, refs in ready for r in refs)
+        if failed is not None:
+            raise failed
 
     def collect(done) -> None:
         for f in done:
@@ -299,11 +376,12 @@ def _copy(vault: Vault, cat: Catalogue, job: str, source: Source, stats: RunStat
             except SourceError as e:
                 stats.errors.append(str(e))
                 continue
-            pending_done.append((item, refs))
+            waiting.append((item, refs))
             stats.copied += 1
             stats.copied_bytes += item.size
 
-    with ThreadPoolExecutor(workers, thread_name_prefix="copy") as pool:
+    with ThreadPoolExecutor(workers, thread_name_prefix="part") as parts, \
+            ThreadPoolExecutor(workers, thread_name_prefix="copy") as pool:
         try:
             for item in cat.to_copy(job):
                 if stop is not None and stop.is_set():
@@ -312,7 +390,8 @@ def _copy(vault: Vault, cat: Catalogue, job: str, source: Source, stats: RunStat
                     done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                     collect(done)
                 in_flight[pool.submit(copy_one, item)] = item
-                if pending_done and (len(pending_done) >= 500 or time.monotonic() - last_commit > 1.0):
+                if waiting and (len(waiting) >= 500 or time.monotonic() - last_commit > 1.0):
+                    packer.flush(older_than=PACK_MAX_AGE)  # a slow trickle still gets recorded
                     flush()
                     last_commit = time.monotonic()
                     if progress:
@@ -324,8 +403,11 @@ def _copy(vault: Vault, cat: Catalogue, job: str, source: Source, stats: RunStat
                 f.cancel()
             done = [f for f in in_flight if f.done() and not f.cancelled() and f.exception() is None]
             for f in done:
-                pending_done.append((in_flight.pop(f), f.result()))
-            flush()
+                waiting.append((in_flight.pop(f), f.result()))
+            try:
+                packer.flush()  # the last, partly filled pack (a failure fails its items' futures)
+            finally:
+                flush()
     if progress:
         progress(stats)
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
 from replicator.errors import ReplicatorError
 from replicator.history import History
 from replicator.targets import Unrepresentable
+from replicator.vault.format import ChunkRef
 from replicator.vault.manifest import Entry
 from replicator.vault.vault import Vault
 
@@ -45,8 +48,10 @@ def restore(vault: Vault, job: str, target, at: str | None, prefix: str, dry_run
             result.objects, result.bytes = state.count(prefix)
             return result
 
+        packs = _PackReader(vault, state.iter(prefix))
+
         def one(entry: Entry) -> None:
-            target.write(entry.key, _chunks(vault, entry))
+            target.write(entry.key, (packs.read(ref) for ref in entry.chunks))
 
         with ThreadPoolExecutor(workers, thread_name_prefix="restore") as pool:
             window: list = []
@@ -73,6 +78,56 @@ def _settle(pair, result: RestoreResult, progress) -> None:
         progress(result)
 
 
-def _chunks(vault: Vault, entry: Entry) -> Iterator[bytes]:
-    for ref in entry.chunks:
-        yield vault.read_chunk(ref)
+class _PackReader:
+    """Chunks for a restore. A pack from which this restore takes at least MANY chunks is fetched
+    once, whole, and its payload kept (a few at a time) until they are all served: one request per
+    pack instead of one per small object. Any other chunk is read by itself: only the segments of
+    its record (so restoring one object never downloads a whole pack)."""
+
+    MANY = 4
+    KEEP = 4  # payloads held at once (packs are at most 8 MiB of payload)
+    LARGEST = 16 * 2**20
+
+    def __init__(self, vault: Vault, entries):
+        self.vault = vault
+        wanted: dict[str, int] = {}
+        for e in entries:
+            for ref in e.chunks:
+                if ref.blob != ref.id and ref.blob_size <= self.LARGEST:
+                    wanted[ref.blob] = wanted.get(ref.blob, 0) + 1
+        self.left = {b: n for b, n in wanted.items() if n >= self.MANY}  # chunks still to serve from each
+        self.lock = threading.Lock()
+        self.payloads: OrderedDict[str, bytes] = OrderedDict()
+        self.loading: dict[str, Future] = {}
+
+    def read(self, ref: ChunkRef) -> bytes:
+        if ref.blob not in self.left:
+            return self.vault.read_chunk(ref)
+        with self.lock:
+            payload = self.payloads.get(ref.blob)
+            fut = None if payload is not None else self.loading.get(ref.blob)
+            mine = payload is None and fut is None
+            if mine:
+                fut = self.loading[ref.blob] = Future()
+        if mine:
+            try:
+                payload = self.vault.read_payload(ref.blob, ref.blob_size)
+                fut.set_result(payload)
+            except BaseException as e:
+                fut.set_exception(e)
+                raise
+            finally:
+                with self.lock:
+                    self.loading.pop(ref.blob, None)
+                    if payload is not None:
+                        self.payloads[ref.blob] = payload
+                        while len(self.payloads) > self.KEEP:
+                            self.payloads.popitem(last=False)
+        elif payload is None:
+            payload = fut.result()
+        data = self.vault.chunk_in(payload, ref)
+        with self.lock:
+            self.left[ref.blob] -= 1
+            if self.left[ref.blob] <= 0:  # all served: let it go
+                self.payloads.pop(ref.blob, None)
+        return data

@@ -126,7 +126,9 @@ def test_thresholds_are_configurable_and_small_changes_pass(tmp_path, s3_server,
 
 def test_failed_verify_and_failed_run_are_notified(tmp_path, s3_server, receiver):
     p, fs, bucket = project(tmp_path, s3_server, receiver)
-    victim = sorted((tmp_path / "vault" / "data").rglob("*"))[-1]
+    from test_e2e_failures import data_files
+
+    victim = data_files(tmp_path)[-1]  # a pack of content (a damaged page would also make its entries unreadable)
     victim.write_bytes(victim.read_bytes()[:-1])
     p.cli("verify", check=1)
     assert receiver.events[-1]["event"] == "verify_failed" and receiver.events[-1]["count"] == 1

@@ -16,6 +16,7 @@ from replicator.vault.vault import Vault
 from test_e2e_incident import fill, make_project
 
 OBJECTS = {f"obj/{i:04d}.bin": os.urandom(1000 + i) for i in range(60)}
+MANY = {f"obj/{i:04d}.bin": os.urandom(1000 + i) for i in range(200)}  # small objects: 4 packs
 
 
 def ready(tmp_path, s3_server, objects=OBJECTS):
@@ -27,7 +28,7 @@ def ready(tmp_path, s3_server, objects=OBJECTS):
 
 
 def data_files(tmp_path):
-    """The vault's data blobs that hold object content (not manifest pages), in name order."""
+    """The vault's data blobs that hold object content (packs; not manifest pages), in name order."""
     vault = Vault.open(LocalStore(str(tmp_path / "vault")), load_key_file(tmp_path / "vault.key"))
     pages = {ref.blob for job, seqs in vault.snapshot_seqs().items() for seq in seqs
              for ref in vault.read_snapshot(job, seq)[0].pages}
@@ -35,8 +36,8 @@ def data_files(tmp_path):
 
 
 def test_verify_finds_a_corrupted_blob_only_when_deep(tmp_path, s3_server):
-    p, _, _ = ready(tmp_path, s3_server)
-    victim = data_files(tmp_path)[7]
+    p, _, _ = ready(tmp_path, s3_server, MANY)
+    victim = data_files(tmp_path)[2]
     raw = bytearray(victim.read_bytes())
     raw[len(raw) // 2] ^= 0x01
     victim.chmod(0o600)
@@ -48,7 +49,7 @@ def test_verify_finds_a_corrupted_blob_only_when_deep(tmp_path, s3_server):
 
 
 def test_verify_finds_truncated_and_missing_blobs(tmp_path, s3_server):
-    p, _, _ = ready(tmp_path, s3_server)
+    p, _, _ = ready(tmp_path, s3_server, MANY)
     files = data_files(tmp_path)
     files[0].write_bytes(files[0].read_bytes()[:-10])
     files[1].unlink()

@@ -78,8 +78,10 @@ def test_memory_does_not_grow_with_object_size(tmp_path):
         rss[name] = peak_rss_kib(p, "run")
         rss[name + "-restore"] = peak_rss_kib(p, "restore", "files", "--to", str(tmp_path / f"out-{name}"))
         assert json.loads(p.cli("verify", "--json").stdout)["ok"]
-    # A 384x larger object may cost a few chunks in flight, never the object.
+    # A 384x larger object may cost a few chunks in flight, never the object: its parts are copied in
+    # parallel, at most workers / 2 = 4 at once (the default 8 workers), each about four 4 MiB buffers
+    # (the chunk, its framed plaintext, the sealed segments and the joined blob): 64 MiB, and a margin.
     print(rss)
-    assert rss["large"] < rss["small"] + 48 * 1024, rss
+    assert rss["large"] < rss["small"] + 96 * 1024, rss
     assert rss["large-restore"] < rss["small-restore"] + 48 * 1024, rss
     assert (tmp_path / "out-large" / "one").stat().st_size == 384 * 2**20

@@ -264,9 +264,11 @@ def test_a_root_written_by_someone_else_is_still_refused(tmp_path):
 # -- a whole run against a faulty store, in process ---------------------------------------------------
 
 
-def make_source_dir(path: Path, n: int = 40, seed: int = 1) -> dict[str, bytes]:
+def make_source_dir(path: Path, n: int = 40, seed: int = 1, mid: int = 0) -> dict[str, bytes]:
+    """n small objects (packed, 64 to a blob) and `mid` of 600 KB (a blob each), and one of three chunks."""
     rng = random.Random(seed)
     objects = {f"d{i % 4}/obj-{i:03d}.bin": rng.randbytes(rng.randint(0, 30_000)) for i in range(n)}
+    objects.update({f"mid/obj-{i:03d}.bin": rng.randbytes(600_000) for i in range(mid)})
     objects["big/nine-mib.bin"] = rng.randbytes(9 * MiB + 123)  # three chunks
     for k, v in objects.items():
         (path / k).parent.mkdir(parents=True, exist_ok=True)
@@ -296,7 +298,7 @@ def restored(vault: Vault, out: Path) -> dict[str, bytes]:
 
 def test_scripted_faults_on_every_vault_method_all_hit_and_the_run_completes(tmp_path):
     src = tmp_path / "src"
-    objects = make_source_dir(src)
+    objects = make_source_dir(src, n=200, mid=10)  # 4 packs + 13 chunk blobs + a page: enough data puts for the script
     inner = LocalStore(str(tmp_path / "vault"))
     script = {
         "put data/": [None, StoreError("503 SlowDown"), None, After(StoreError("reset after the put")),
@@ -325,7 +327,7 @@ def test_scripted_faults_on_every_vault_method_all_hit_and_the_run_completes(tmp
 
 def test_a_run_under_10_percent_random_store_faults_equals_a_fault_free_run(tmp_path):
     src = tmp_path / "src"
-    objects = make_source_dir(src, n=120, seed=2)
+    objects = make_source_dir(src, n=120, seed=2, mid=60)  # 2 packs, 63 chunk blobs: enough calls for a 10 % rate
     plain, _ = run_in_process(LocalStore(str(tmp_path / "plain")), src, tmp_path / "state-plain")
     faulty = FaultyStore(LocalStore(str(tmp_path / "faulty")), rate=0.10, seed=10)
     b, t = instant(attempts=8)
@@ -379,7 +381,7 @@ def bucket(s3_server):
     return fs, name
 
 
-@pytest.mark.parametrize("size", [3_000_000, 9 * MiB + 5], ids=["one-get", "three-ranges"])
+@pytest.mark.parametrize("size", [3_000_000, 9 * MiB + 5], ids=["one-chunk", "three-chunks-one-stream"])
 def test_a_body_that_breaks_mid_way_resumes_from_the_byte_it_reached(s3_server, bucket, size):
     fs, b = bucket
     data = os.urandom(size)
@@ -392,11 +394,13 @@ def test_a_body_that_breaks_mid_way_resumes_from_the_byte_it_reached(s3_server, 
     finally:
         proxy.stop()
     assert proxy.injected["reset_mid_body"] == 4
-    ranges = -(-size // (4 * MiB))
+    ranges = 1  # one GET of the whole object, however many chunks (a large one is streamed)
     assert proxy.object_gets()[f"/{b}/obj"] == ranges + 4  # one more GET per break
-    # each resume asks only for the rest: no byte offset is asked for twice
+    # each resume asks only for the rest, from the byte it reached: never an earlier offset (the same
+    # one again when a break came before any byte of the body was handed over: aiohttp drops what it
+    # buffered when the reset arrives)
     starts = [0 if r is None else int(r.split("=")[1].split("-")[0]) for t, r in proxy.ranges if t.startswith(f"/{b}/obj")]
-    assert starts == sorted(set(starts)) and len(starts) == ranges + 4, starts
+    assert starts == sorted(starts) and len(set(starts)) >= 3 and len(starts) == ranges + 4, starts
     figures.record("resume-mid-body", size=size, breaks=4, gets=ranges + 4)
 
 
@@ -405,18 +409,24 @@ def test_an_object_rewritten_or_deleted_between_ranges_is_source_changed(s3_serv
     old, new = os.urandom(9 * MiB), os.urandom(9 * MiB)  # same size: only the ETag tells
     fs.pipe_file(f"{b}/rewritten", old)
     fs.pipe_file(f"{b}/deleted", old)
+    fs.pipe_file(f"{b}/streamed", old)
     src = s3_source(s3_server, b)
     items = {i.key: i for i in src.list()}
-    reader = src.read(items["rewritten"], 4 * MiB)
-    assert next(reader) == old[:4 * MiB]
+    # parts read by ranged GETs (read_part): each GET is conditional on the listed ETag
+    assert src.read_part(items["rewritten"], 0, 4 * MiB) == old[:4 * MiB]
     fs.pipe_file(f"{b}/rewritten", new)
     with pytest.raises(SourceChanged, match="rewritten.*changed"):
-        next(reader)
-    reader = src.read(items["deleted"], 4 * MiB)
-    next(reader)
+        src.read_part(items["rewritten"], 4 * MiB, 8 * MiB)
+    src.read_part(items["deleted"], 0, 4 * MiB)
     fs.rm_file(f"{b}/deleted")
     with pytest.raises(SourceChanged, match="deleted.*vanished"):
-        next(reader)
+        src.read_part(items["deleted"], 4 * MiB, 8 * MiB)
+    # read(): one GET streams the whole object, which is the listed version throughout: a rewrite
+    # after the first chunk changes nothing in what it returns (never a mix of two versions)
+    reader = src.read(items["streamed"], 4 * MiB)
+    first = next(reader)
+    fs.pipe_file(f"{b}/streamed", new)
+    assert first + b"".join(reader) == old
     # rewritten after listing, before the first byte: refused too (If-Match), not stored as listed
     fs.pipe_file(f"{b}/late", b"v1")
     item = next(i for i in src.list() if i.key == "late")
@@ -509,9 +519,14 @@ def test_a_run_under_10_percent_network_faults_equals_a_fault_free_run(tmp_path,
                    root_retries=sum("put snapshots/" in line for line in retried))
 
 
-def test_an_object_rewritten_or_deleted_while_read_is_a_warning_and_copied_next_run(tmp_path, s3_server, bucket):
+def test_an_object_rewritten_or_deleted_while_read_is_copied_as_listed_and_the_change_next_run(tmp_path, s3_server, bucket):
+    """A large S3 object is read with one GET conditional on the listed ETag (three chunks, 4 + 4 + 2
+    MiB): the provider streams the listed version to its end even if the key is rewritten or deleted
+    meanwhile. So the run records the listed version, whole, without a warning, and the next run the
+    change. (Reads in several requests are checked instead: ranged parts and resumed bodies carry
+    If-Match, local files are stat'ed again; see the tests above.)"""
     fs, b = bucket
-    v1, v2, v3 = (os.urandom(10 * MiB) for _ in range(3))  # three ranges: 4 + 4 + 2 MiB
+    v1, v2, v3 = (os.urandom(10 * MiB) for _ in range(3))
     fs.pipe_file(f"{b}/slow/rewritten.bin", v1)
     fs.pipe_file(f"{b}/slow/deleted.bin", v1)
     fs.pipe_file(f"{b}/small.txt", b"small")
@@ -533,14 +548,12 @@ def test_an_object_rewritten_or_deleted_while_read_is_a_warning_and_copied_next_
         fs.rm_file(f"{b}/slow/deleted.bin")
         err = p.finish(run)
         proxy.set_faults(Faults())
-        assert run.returncode == 0, err  # a warning, not a failure
+        assert run.returncode == 0, err
         warnings = [line for line in err.splitlines() if "warning:" in line]
-        assert len(warnings) == 2, err
-        assert any("rewritten.bin" in w and "changed while it was read" in w for w in warnings), warnings
-        assert any("deleted.bin" in w and "vanished" in w for w in warnings), warnings
-        # never half-old half-new: the snapshot keeps v1 of both
+        assert warnings == [], err
+        # never half-old half-new: the snapshot holds the listed version, v2, of both
         p.cli("restore", "prod", "--to", str(tmp_path / "after-2"))
-        assert read_dir(tmp_path / "after-2") == {"slow/rewritten.bin": v1, "slow/deleted.bin": v1, "small.txt": b"small"}
+        assert read_dir(tmp_path / "after-2") == {"slow/rewritten.bin": v2, "slow/deleted.bin": v2, "small.txt": b"small"}
         third = p.json("run")["jobs"][0]  # the next run copies what changed, records the deletion
         assert third["ok"] and (third["copied"], third["tombstones"]) == (1, 1) and not third["warnings"]
         p.cli("restore", "prod", "--to", str(tmp_path / "after-3"))
@@ -601,8 +614,8 @@ def filled(s3_server, bucket, n: int, size: int) -> dict[str, bytes]:
 
 
 def test_a_vault_that_fills_up_mid_run_fails_cleanly_and_the_next_run_completes(tmp_path, s3_server, bucket, tmpfs):
-    objects = filled(s3_server, bucket, 60, 100_000)  # 6 MB that does not compress
-    vault = tmpfs(tmp_path / "vault", "2m")
+    objects = filled(s3_server, bucket, 300, 40_000)  # 12 MB that does not compress, packs of 2.6 MB
+    vault = tmpfs(tmp_path / "vault", "4m")  # the first pack fits, the second does not
     p = s3_project(tmp_path, bucket[1], s3_server.endpoint_url)
     p.cli("init")
     r = p.cli("run", check=2)
@@ -619,13 +632,13 @@ def test_a_vault_that_fills_up_mid_run_fails_cleanly_and_the_next_run_completes(
 
 
 def test_a_vault_that_turns_read_only_mid_run_fails_cleanly_and_the_next_run_completes(tmp_path, s3_server, bucket, tmpfs):
-    objects = filled(s3_server, bucket, 200, 20_000)
+    objects = filled(s3_server, bucket, 1000, 20_000)  # 16 packs
     vault = tmpfs(tmp_path / "vault", "64m")
     p = s3_project(tmp_path, bucket[1], s3_server.endpoint_url)
     p.cli("init")
     run = p.popen("run", "--workers", "2")
     deadline = time.monotonic() + 30
-    while len(list((vault.path / "data").rglob("*"))) < 40:
+    while len([f for f in (vault.path / "data").rglob("*") if f.is_file()]) < 3:
         assert run.poll() is None and time.monotonic() < deadline, "the run ended before the vault turned read-only"
         time.sleep(0.01)
     vault.remount("ro")
@@ -643,13 +656,13 @@ def test_a_vault_that_turns_read_only_mid_run_fails_cleanly_and_the_next_run_com
 
 def test_a_state_directory_that_fills_up_mid_run_fails_cleanly_and_the_next_run_completes(tmp_path, s3_server, bucket, tmpfs):
     """Recovery is asserted first (it works); the clean one-line error at the end is what fails today."""
-    objects = filled(s3_server, bucket, 300, 2_000)
+    objects = filled(s3_server, bucket, 1200, 2_000)  # 19 packs
     state = tmpfs(tmp_path / "state", "4m")
     p = s3_project(tmp_path, bucket[1], s3_server.endpoint_url)
     p.cli("init")
     run = p.popen("run", "--workers", "2")
     deadline = time.monotonic() + 30
-    while len(list((tmp_path / "vault" / "data").rglob("*"))) < 40:
+    while len([f for f in (tmp_path / "vault" / "data").rglob("*") if f.is_file()]) < 3:
         assert run.poll() is None and time.monotonic() < deadline, "the run ended before the disk filled"
         time.sleep(0.01)
     with open(state.path / "ballast", "wb") as f:  # everything that is left

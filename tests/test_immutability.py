@@ -131,7 +131,7 @@ def test_every_vault_object_version_carries_the_configured_retention(mode, tmp_p
     versions = vault_versions(client, bucket)
     names = {v["Key"] for v in versions}
     assert "replicator/config" in names and any(n.startswith("replicator/keys/") for n in names)
-    assert sum(n.startswith("replicator/snapshots/") for n in names) == 2 and sum(n.startswith("replicator/data/") for n in names) > 12
+    assert sum(n.startswith("replicator/snapshots/") for n in names) == 2 and sum(n.startswith("replicator/data/") for n in names) == 4  # a pack and a page per run
     for v in versions:
         head = client.head_object(Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"])
         assert head["ObjectLockMode"] == mode.upper(), v["Key"]
@@ -260,8 +260,9 @@ def test_retention_extension_keeps_live_blobs_protected(tmp_path, s3_server):
     p.cli("run")
     first = p.json("verify", "--extend-retention")["retention"]
     assert first["extended"] == 0 and first["snapshots_scanned"] == 1
-    # config + keyring + root + page + 12 chunks, all written moments ago: read back, not rewritten
-    assert first["tracked"] == first["checked"] == 16 and not first["errors"]
+    # config + keyring + root + page + the one pack of the 12 small objects, all written moments ago:
+    # read back, not rewritten
+    assert first["tracked"] == first["checked"] == 5 and not first["errors"]
 
     cfg = load(p.config)
     vault = Vault.open(open_store(cfg.vault.url, cfg.vault.options, None, cfg.vault.immutability),
@@ -283,7 +284,7 @@ def test_retention_extension_keeps_live_blobs_protected(tmp_path, s3_server):
     before = until(blob)
     later = datetime.now(timezone.utc) + timedelta(days=25)
     r = extend_retention(vault, cat, 30, 10, now=later)
-    assert r.ok and r.due == r.extended == 16
+    assert r.ok and r.due == r.extended == 5
     for key in (blob, root, "config"):
         assert abs(until(key) - (later.timestamp() + 30 * DAY)) < 5
     assert until(blob) > before + 20 * DAY
@@ -294,7 +295,7 @@ def test_retention_extension_keeps_live_blobs_protected(tmp_path, s3_server):
     fill(fs, src, {"extra.bin": b"x" * 100})
     p.cli("run")
     r = extend_retention(vault, cat, 30, 10)
-    assert r.snapshots_scanned == 1 and r.due == 3 and r.checked == 3 and r.extended == 0  # root, page, chunk
+    assert r.snapshots_scanned == 1 and r.due == 3 and r.checked == 3 and r.extended == 0  # root, page, pack
     cat.close()
 
 
@@ -308,7 +309,7 @@ def test_extension_protects_objects_written_before_immutability_was_configured(t
                for v in vault_versions(client, bucket))
     set_immutability(p, "compliance", retain_days=7)
     report = p.json("verify", "--extend-retention")
-    assert report["ok"] and report["retention"]["extended"] == report["retention"]["tracked"] == 16
+    assert report["ok"] and report["retention"]["extended"] == report["retention"]["tracked"] == 5
     for v in vault_versions(client, bucket):
         head = client.head_object(Bucket=bucket, Key=v["Key"])
         assert head["ObjectLockMode"] == "COMPLIANCE"
@@ -410,7 +411,7 @@ def test_daemon_maintenance_probes_and_extends(tmp_path, s3_server):
     cat = Catalogue(cfg.state_dir / "catalogue.db")
     last = json.loads(cat.meta("probe:last"))
     assert last["protected"] is False and "bypass-governance" in last["how"]
-    assert cat.retention_summary()[0] == 16
+    assert cat.retention_summary()[0] == 5  # config, keyring, root, page, pack
     cat.close()
     d = Daemon(lambda: cfg, open_vault)
     d._schedule(cfg, first=True)
@@ -691,7 +692,7 @@ def test_after_prune_blobs_only_forgotten_snapshots_needed_are_no_longer_tracked
 
     bucket = locked_bucket(s3_server)
     p, fs, src = project(tmp_path, s3_server, f"s3://{bucket}/replicator", mode="compliance",
-                         objects={"a": os.urandom(2000), "b": os.urandom(2000)})
+                         objects={"a": os.urandom(600_000), "b": os.urandom(2000)})  # "a": above the pack threshold
     p.config.write_text(p.config.read_text() + '\n[jobs.retention]\nkeep_daily = 1\nmin_age = "0s"\n')
     p.cli("init")
     p.cli("run")

@@ -26,7 +26,7 @@ def local_project(tmp_path, files: int) -> Project:
     src = tmp_path / "src"
     src.mkdir()
     for i in range(files):
-        (src / f"f{i:02d}.txt").write_bytes(f"file {i}\n".encode() * (i + 1))
+        (src / f"f{i:02d}.txt").write_bytes(f"file {i}\n".encode() * (80_000 + i))  # > 512 KiB: a blob each, not packed
     p = Project(tmp_path, str(tmp_path / "vault"), {}, jobs=[{"name": "docs", "source": str(src)}])
     p.write_config()
     return p

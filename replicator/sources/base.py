@@ -27,6 +27,11 @@ class Source(Protocol):
         Raises SourceChanged if the item changed or vanished since it was listed."""
         ...
 
+    # Optional (issue 7): a source whose large objects are best read as concurrent ranges sets
+    # `parallel_parts = True` and offers `read_part(item, start, end) -> bytes` and
+    # `finish_parts(item)` (raises SourceChanged if the item changed while its parts were read);
+    # the engine then reads a large object's chunks in parallel. Otherwise it reads them with read().
+
     def check(self) -> None:
         """Reach the source read-only; raise SourceError if it cannot be listed."""
         ...

@@ -11,7 +11,9 @@ import base64
 import hashlib
 import json
 import os
+import struct
 import threading
+from collections import OrderedDict
 import time
 import uuid
 from datetime import datetime, timezone
@@ -27,7 +29,7 @@ from replicator.stores.base import checksums_of
 from replicator.vault import crypto, keys
 from replicator.vault.crypto import Random
 from replicator.vault.format import (CHUNK_SIZE, CONFIG_NAME, FORMAT_NAME, FORMAT_VERSION, ChunkRef,
-                                     data_name, decode_record, encode_record, frame, key_name,
+                                     data_name, decode_record, encode_record, frame, framed_record, key_name,
                                      parse_snapshot_name, snapshot_name, unframe)
 from replicator.vault.keys import Keyring, MasterKey
 from replicator.vault.manifest import SnapshotRoot
@@ -45,6 +47,7 @@ class Vault:
         self._wraps = {(w.wrap, w.key_id): w for w in (self.meta_wrap, self.content_wrap)}
         self._checksums: list[tuple[str, str, float]] = []  # issue 10: (name, provider checksum, time) written
         self._checksums_lock = threading.Lock()
+        self._header_cache = _HeaderCache(1024)  # (blob name, size) -> (header, data key): ranged reads of packs
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -180,34 +183,135 @@ class Vault:
             raise IntegrityError(f"{name}: {e}") from None
 
     def write_chunk(self, data: bytes, compress: bool = True, cid: str | None = None) -> ChunkRef:
-        """Store one chunk (deduplicated by its keyed hash) and return its reference."""
+        """Store one chunk (deduplicated by its keyed hash) in its own blob and return its reference."""
         cid = cid or self.chunk_id(data)
-        record = encode_record(data, compress)
-        blob = self.seal_content(record)
-        name = data_name(cid)
+        plaintext, length = framed_record(data, compress)
+        blob = crypto.seal_with(plaintext, self.content_wrap, self.rng)
+        del plaintext  # during the put only the sealed copy is held
+        return ChunkRef(cid, self._put_blob(data_name(cid), blob), 0, length, len(data), cid)
+
+    def pack_id(self, records: list[tuple[str, int]]) -> str:
+        """The name of a pack holding these (chunk id, record length) in this order (FORMAT.md §6):
+        H(`pack`, id_0 ‖ u64 length_0 ‖ id_1 ‖ ...). Same name, same records at the same offsets."""
+        return crypto.keyed_hash(self.keyring.id_key, b"pack",
+                                 b"".join(bytes.fromhex(c) + n.to_bytes(8, "big") for c, n in records)).hex()
+
+    def write_pack(self, pack_id: str, payload: bytes) -> int:
+        """Store a pack (records of several chunks, concatenated) as one blob; its stored size."""
+        return self._put_blob(data_name(pack_id), self.seal_content(payload))
+
+    def _put_blob(self, name: str, blob: bytes) -> int:
+        """Store a sealed content blob under its keyed name: its stored size."""
         try:
             size = _put_checked(self.store, name, blob)
         except AlreadyExists:
-            size = self.store.stat(name)  # same content, written before (or by a retried put)
+            size = self.store.stat(name)  # same content (the name is its keyed hash), written before
         self._note_checksum(name)
-        return ChunkRef(cid, size, 0, len(record), len(data), cid)
+        return size
 
     def read_chunk(self, ref: ChunkRef) -> bytes:
+        """One chunk, fetching only the blob's header and the segments its record lies in (a pack
+        is never downloaded whole for one of its chunks)."""
         name = data_name(ref.blob)
-        blob = self.store.get(name)
-        if len(blob) != ref.blob_size:
-            raise IntegrityError(f"{name}: stored size {len(blob)} differs from the recorded {ref.blob_size}")
-        payload = self.open_blob(blob, name)
-        record = payload[ref.offset:ref.offset + ref.length]
-        if len(record) != ref.length:
-            raise IntegrityError(f"{name}: record at {ref.offset} runs past the blob")
         try:
-            data = decode_record(record, ref.size)
+            return self._read_chunk(name, ref)
         except IntegrityError as e:
             raise IntegrityError(f"{name}: {e}") from None
+
+    def _read_chunk(self, name: str, ref: ChunkRef) -> bytes:
+        start, end = _PLAIN_OFFSET + ref.offset, _PLAIN_OFFSET + ref.offset + ref.length
+        cached = self._header_cache.get((name, ref.blob_size))
+        if cached is not None:
+            header, dek = cached
+            first, data = self._segments(name, header, ref, start, end)
+        else:
+            # Guess the header's largest size and the writers' segment size: one GET when the record
+            # starts near the front (one-chunk blobs always do), else the header, then the segments.
+            guess = _MAX_HEADER + ((end - 1) // crypto.SEGMENT_SIZE + 1) * (crypto.SEGMENT_SIZE + crypto.TAG_SIZE)
+            want = guess if guess <= _ONE_GET or ref.offset == 0 else _MAX_HEADER
+            # Up to the end: one byte more, so a blob that grew is noticed like one that shrank.
+            head = self.store.get(name, 0, ref.blob_size + 1 if want >= ref.blob_size else want)
+            if len(head) > ref.blob_size:
+                raise IntegrityError(f"stored size differs from the recorded {ref.blob_size} (extended)")
+            header = crypto.parse_header(head)
+            _check_size(header, ref)
+            dek = self.data_key(header)
+            step = header.segment_size + crypto.TAG_SIZE
+            last = min(ref.blob_size, header.size + ((max(end, 1) - 1) // header.segment_size + 1) * step)
+            if len(head) >= last:
+                first, data = 0, memoryview(head)[header.size:last]
+            else:
+                first, data = self._segments(name, header, ref, start, end)
+        if end > header.plaintext_len:
+            raise IntegrityError(f"record at {ref.offset} runs past the blob")
+        plain = crypto.decrypt_with_dek(header, dek, first, data)
+        if cached is None:
+            self._header_cache.put((name, ref.blob_size), (header, dek))
+        if first == 0:
+            (payload_len,) = struct.unpack_from(">Q", plain)
+            if ref.offset + ref.length > payload_len:
+                raise IntegrityError(f"record at {ref.offset} runs past the blob")
+        base = first * header.segment_size
+        record = plain[start - base:end - base]
+        return self._decoded(record, ref)
+
+    def _segments(self, name: str, header: crypto.Header, ref: ChunkRef, start: int, end: int) -> tuple[int, bytes]:
+        """(index of the first, ciphertext) of the segments holding plaintext bytes start..end."""
+        seg, step = header.segment_size, header.segment_size + crypto.TAG_SIZE
+        first = start // seg
+        last = (max(end, start + 1) - 1) // seg
+        if last >= header.segments():
+            raise IntegrityError(f"record at {ref.offset} runs past the blob")
+        lo = header.size + first * step
+        hi = min(ref.blob_size, header.size + (last + 1) * step)
+        data = self.store.get(name, lo, hi - lo + (hi == ref.blob_size))  # to the end: one more, as above
+        if len(data) != hi - lo:
+            raise IntegrityError(f"stored size differs from the recorded {ref.blob_size} (truncated)")
+        return first, data
+
+    def _decoded(self, record: bytes, ref: ChunkRef) -> bytes:
+        if len(record) != ref.length:
+            raise IntegrityError(f"record at {ref.offset} runs past the blob")
+        data = decode_record(record, ref.size)
         if self.chunk_id(data) != ref.id:
-            raise IntegrityError(f"{name}: content does not match its hash")
+            raise IntegrityError("content does not match its hash")
         return data
+
+    def read_payload(self, blob_id: str, blob_size: int) -> bytes:
+        """A whole blob's payload, opened and checked (size, every segment, padding): for readers that
+        want many chunks of one pack (restore), which then take them with chunk_in()."""
+        name = data_name(blob_id)
+        blob = self.store.get(name)
+        if len(blob) != blob_size:
+            raise IntegrityError(f"{name}: stored size {len(blob)} differs from the recorded {blob_size}")
+        return self.open_blob(blob, name)
+
+    def chunk_in(self, payload: bytes, ref: ChunkRef) -> bytes:
+        """The chunk `ref` places in `payload` (read_payload of ref.blob), decoded and hash-checked."""
+        try:
+            return self._decoded(payload[ref.offset:ref.offset + ref.length], ref)
+        except IntegrityError as e:
+            raise IntegrityError(f"{data_name(ref.blob)}: {e}") from None
+
+    def check_blob(self, blob_id: str, refs: list[ChunkRef]) -> int:
+        """Deep check of one blob: download it once, open it whole (every segment tag, padding,
+        payload length), and decode and hash every chunk the refs place in it. Returns how many
+        chunks passed; IntegrityError (naming the blob) at the first that does not."""
+        name = data_name(blob_id)
+        blob = self.store.get(name)
+        n = 0
+        try:
+            for ref in refs:
+                if len(blob) != ref.blob_size:
+                    raise IntegrityError(f"stored size {len(blob)} differs from the recorded {ref.blob_size}")
+            payload = self.open_blob(blob, name) if refs else b""
+            for ref in refs:
+                self._decoded(payload[ref.offset:ref.offset + ref.length], ref)
+                n += 1
+        except IntegrityError as e:
+            msg = str(e)
+            raise IntegrityError(msg if msg.startswith(name) else f"{name}: {msg}") from None
+        return n
 
     # -- snapshots --------------------------------------------------------------
 
@@ -346,6 +450,37 @@ def _signing_public(keyring: Keyring) -> bytes:
 
 def _signed_message(vault_id: str, job_id: str, root_json: bytes) -> bytes:
     return f"replicator root v1|{vault_id}|{job_id}|".encode() + root_json
+
+
+_PLAIN_OFFSET = 8  # the u64 payload length in front of the payload (FORMAT.md §5)
+_MAX_HEADER = 128  # more than any blob header (75 for wrap 1, 107 for wrap 2)
+_ONE_GET = 1 << 20  # read header and segments in one GET when they end within this many bytes
+
+
+def _check_size(header: crypto.Header, ref: ChunkRef) -> None:
+    if header.ciphertext_len() != ref.blob_size:
+        raise IntegrityError(f"stored size {header.ciphertext_len()} differs from the recorded {ref.blob_size}")
+
+
+class _HeaderCache:
+    """A few authenticated blob headers with their unwrapped data keys, least recently used out."""
+
+    def __init__(self, size: int):
+        self.size, self.lock, self.items = size, threading.Lock(), OrderedDict()
+
+    def get(self, key):
+        with self.lock:
+            v = self.items.get(key)
+            if v is not None:
+                self.items.move_to_end(key)
+            return v
+
+    def put(self, key, value) -> None:
+        with self.lock:
+            self.items[key] = value
+            self.items.move_to_end(key)
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
 
 
 def _plain_size(record: bytes) -> int:
