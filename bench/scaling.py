@@ -75,6 +75,30 @@ def manifest_bytes(dir: Path) -> int:
     return total
 
 
+def measure_listing(src, bucket: str, rounds: int) -> list[dict]:
+    """Keys per second listed from the S3 server with 1 and 4 key ranges in parallel (engine._list's way)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from replicator.sources.objects import ObjectSource
+    from replicator.units import KeyFilter
+
+    out = []
+    for parts in (1, 4):
+        times, n = [], 0
+        for _ in range(rounds):
+            source = ObjectSource(f"s3://{bucket}/", src.fsspec_options(), KeyFilter(("**",), ()))
+            t0 = time.monotonic()
+            ranges = source.key_ranges(parts)
+            with ThreadPoolExecutor(len(ranges)) as pool:
+                n = sum(pool.map(lambda r: sum(1 for _ in source.list_range(*r)), ranges))
+            times.append(time.monotonic() - t0)
+        med = statistics.median(times)
+        out.append({"partitions": parts, "ranges": len(ranges), "keys": n, "median_s": med, "keys_per_s": n / med})
+        print(f"listing  {parts} partition(s) ({len(ranges)} ranges): {n} keys in {med:.2f} s = {n / med:,.0f} keys/s",
+              flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", type=int, default=2000, help="objects of 4 KiB (default 2000)")
@@ -117,8 +141,10 @@ def main(argv=None) -> int:
             finally:
                 if cluster:
                     cluster.close()
+        listing = measure_listing(src, "bsmall", args.rounds)
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "scaling.json").write_text(json.dumps({"results": results, "cpus": os.cpu_count()}, indent=1))
+        (args.out / "scaling.json").write_text(json.dumps({"results": results, "listing": listing,
+                                                           "cpus": os.cpu_count()}, indent=1))
     finally:
         src.stop()
     return 0

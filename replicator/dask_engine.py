@@ -99,9 +99,9 @@ class DaskCopier:
                 if batch and not (stop is not None and stop.is_set()):
                     submit(batch)
                 for f in futures:
-                    if stop is not None and stop.is_set() and not f.done():
-                        continue
                     collect(f)
+                    if stop is not None and stop.is_set():
+                        break  # the rest: cancelled below, copied again by the next run
             finally:
                 for f in list(in_flight):  # stopped or failed: what finished is recorded, the rest is dropped
                     if f.done() and f.status == "finished":

@@ -74,6 +74,21 @@ Copier = Callable[[Vault, Catalogue, str, Source, RunStats, int, "Progress | Non
 _UNWRITTEN = "unwritten-root:"
 
 
+def stage_root(vault: Vault, cat: Catalogue, root: SnapshotRoot) -> str:
+    """Inside the transaction that records a snapshot: seal its root and keep the sealed bytes in
+    the catalogue, to be put by `put_unwritten_root` once the transaction commits. Returns the
+    SHA-256 of the stored bytes (the snapshot's hash, the next root's `prev`)."""
+    sealed = vault.seal_snapshot(vault.job_id(root.job), root)
+    cat.set_meta(_UNWRITTEN + root.job, f"{root.seq} {base64.b64encode(sealed).decode()}")
+    return hashlib.sha256(sealed).hexdigest()
+
+
+def unwritten_seq(cat: Catalogue, job: str) -> int | None:
+    """The seq of a snapshot this host committed whose root is not known to be in the vault yet."""
+    pending = cat.meta(_UNWRITTEN + job)
+    return None if pending is None else int(pending.split(" ", 1)[0])
+
+
 def put_unwritten_root(vault: Vault, cat: Catalogue, job: str) -> None:
     """Store the root that the catalogue committed but the vault may not hold yet (idempotent)."""
     pending = cat.meta(_UNWRITTEN + job)
@@ -193,16 +208,30 @@ def _list(cat: Catalogue, job: JobConfig, source: Source, stats: RunStats, start
         _list_into(cat, job.name, source.list(), stats, progress, stop)
         return started
     state = cat.listing_progress(job.name)
+    settings = {"source": job.source, "include": list(job.include), "exclude": list(job.exclude),
+                "partitions": job.list_partitions}
+    if state is not None and state.get("settings") != settings:
+        log.info("job %s: the source or its filters changed since the listing was interrupted: listing afresh", job.name)
+        state = None
     if state is None:
         ranges = source.key_ranges(job.list_partitions)
-        state = {"started": format_time_precise(started), "ranges": [[lo, hi, None, False] for lo, hi in ranges]}
+        state = {"started": format_time_precise(started), "settings": settings,
+                 "ranges": [[lo, hi, None, False] for lo, hi in ranges]}
         cat.start_listing(job.name, state)
     else:
         stats.listed, stats.started = cat.listing_count(job.name), state["started"]
         log.info("job %s: resuming the listing begun at %s (%d keys listed then)", job.name, state["started"], stats.listed)
     lock = threading.Lock()
+    halt = threading.Event()  # one range failed: the others stop at their next batch
 
     def list_range(i: int) -> None:
+        try:
+            _list_range(i)
+        except BaseException:
+            halt.set()
+            raise
+
+    def _list_range(i: int) -> None:
         lo, hi, after, _ = state["ranges"][i]
         batch: list[SourceItem] = []
 
@@ -221,7 +250,7 @@ def _list(cat: Catalogue, job: JobConfig, source: Source, stats: RunStats, start
             batch.append(item)
             if len(batch) >= LIST_BATCH:
                 commit(False)
-                if stop is not None and stop.is_set():
+                if halt.is_set() or (stop is not None and stop.is_set()):
                     return
         commit(True)
 
@@ -412,7 +441,10 @@ def _copy(vault: Vault, cat: Catalogue, job: str, source: Source, stats: RunStat
         progress(stats)
 
 
-def _write_snapshot(vault: Vault, cat: Catalogue, job: JobConfig, started: datetime, stats: RunStats) -> None:
+def _write_snapshot(vault: Vault, cat: Catalogue, job: JobConfig, started: datetime, stats: RunStats,
+                    bookkeeping: Callable[[], None] | None = None) -> None:
+    """Write the run's delta (or checkpoint) and root. `bookkeeping` runs inside the transaction that
+    commits the new head, so what a caller records with the snapshot commits with it or not at all."""
     head = cat.head(job.name)
     seq = 0 if head is None else head[0] + 1
     n_delta = cat.prepare_delta(job.name)
@@ -437,15 +469,15 @@ def _write_snapshot(vault: Vault, cat: Catalogue, job: JobConfig, started: datet
             stats={"listed": stats.listed, "changed": changed, "tombstones": stats.tombstones,
                    "live": cat.live_count(job.name), "copied_bytes": stats.copied_bytes, "held": stats.held},
             held=tuple(held_pages), blobs=tuple(blob_lists))
-        sealed = vault.seal_snapshot(vault.job_id(job.name), root)
-        digest = hashlib.sha256(sealed).hexdigest()
+        digest = stage_root(vault, cat, root)
         cat.record_snapshot(job.name, seq, digest, root.started, root.finished, checkpoint, 0 if checkpoint else n_delta)
         cat.record_checksums(vault.take_checksums())  # issue 10: pages
         cat.finish_run(job.name, keep_held=bool(stats.breaker))
         cat.set_meta(f"breaker:{job.name}", stats.breaker)
         if not stats.breaker:
             cat.set_meta(f"approve:{job.name}", None)
-        cat.set_meta(_UNWRITTEN + job.name, f"{seq} {base64.b64encode(sealed).decode()}")
+        if bookkeeping is not None:
+            bookkeeping()
     # The catalogue holds the sealed root before the vault does: a crash from here on is finished by
     # the next run (`put_unwritten_root`), which needs no key to read manifest pages back.
     put_unwritten_root(vault, cat, job.name)
@@ -497,6 +529,12 @@ def run_events(vault: Vault, cat: Catalogue, job: JobConfig, source: Source, key
     if not keys:
         return stats
     sync_job(vault, cat, job.name)
+    if cat.listing_progress(job.name) is not None:
+        # A partial listing would replace the rows an interrupted full listing kept for its resume.
+        stats.errors.append("a full listing of this job was interrupted; events wait until the next scheduled run "
+                            "resumes and finishes it")
+        stats.seconds = time.monotonic() - t0
+        return stats
     cat.start_partial_listing(job.name, keys)
     items = list(source.stat(keys))
     cat.add_listing(job.name, items)
@@ -521,21 +559,25 @@ def run_events(vault: Vault, cat: Catalogue, job: JobConfig, source: Source, key
     cat.prepare_event_changes(job.name, cat.renamed_keys())
     cat.set_carry(live_before["live"])
     was_tripped, approved = cat.meta(f"breaker:{job.name}"), cat.meta(f"approve:{job.name}")
-    try:
-        _write_snapshot(vault, cat, job, started, stats)
-    finally:
-        cat.carry = None
-    stats.snapshot_time = time.time()
-    stats.changed_keys = tuple(e.key for e in cat.delta())
-    with cat.transaction():
+    changed_keys: list[str] = []
+
+    def bookkeeping() -> None:
         # Until the next full run: the net changes add up (held ones too), an earlier trip stands and
-        # an operator's approval stays for the full run (which clears all three).
+        # an operator's approval stays for the full run (which clears all three). Committed with the head.
+        changed_keys.extend(e.key for e in cat.delta())
         cat.commit_event_changes(job.name, encrypted)
         cat.set_meta(carry_key, json.dumps(live_before))
         if was_tripped and not stats.breaker:
             cat.set_meta(f"breaker:{job.name}", was_tripped)
         if approved:
             cat.set_meta(f"approve:{job.name}", approved)
+
+    try:
+        _write_snapshot(vault, cat, job, started, stats, bookkeeping)
+    finally:
+        cat.carry = None
+    stats.snapshot_time = time.time()
+    stats.changed_keys = tuple(changed_keys)
     stats.newly_tripped = bool(stats.breaker and not was_tripped)
     stats.seconds = time.monotonic() - t0
     return stats

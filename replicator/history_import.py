@@ -304,7 +304,7 @@ class _Import:
 
 def _write_snapshot(vault: Vault, cat: Catalogue, job, entries: list[Entry], at: datetime, extra: dict) -> None:
     """One imported snapshot: a delta (or checkpoint, by the engine's policy) of `entries` at time `at`."""
-    from replicator.engine import CHECKPOINT_EVERY
+    from replicator.engine import CHECKPOINT_EVERY, put_unwritten_root, stage_root
 
     head = cat.head(job.name)
     seq = 0 if head is None else head[0] + 1
@@ -322,9 +322,10 @@ def _write_snapshot(vault: Vault, cat: Catalogue, job, entries: list[Entry], at:
             stats={"listed": 0, "live": cat.live_count(job.name), "copied_bytes": 0, "held": 0, **extra},
             blobs=tuple(vault.write_meta_page(p) for p in encode_blob_lists(
                 sorted({(c.blob, c.blob_size) for e in entries for c in e.chunks}), PAGE_SIZE)) if vault.keyring.write_only else ())
-        digest = vault.write_snapshot(vault.job_id(job.name), root)
+        digest = stage_root(vault, cat, root)
         cat.record_snapshot(job.name, seq, digest, root.started, root.finished, checkpoint, 0 if checkpoint else n_delta)
         cat.record_checksums(vault.take_checksums())
+    put_unwritten_root(vault, cat, job.name)  # as the engine does: committed first, then put
 
 
 def _read_version(source, item: SourceItem) -> Iterator[bytes]:

@@ -36,7 +36,7 @@ class VersionTable:
         with self.db:
             for seq in history.seqs:
                 root = history.root(seq)[0]
-                for page in root.pages:
+                for page in root.pages + root.blobs:  # blob lists (write-only vaults) are pages too
                     self._extra(page)
                 if seq not in forgotten:
                     self.db.execute("INSERT OR IGNORE INTO kept VALUES(?, ?)", (job, seq))

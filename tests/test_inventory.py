@@ -47,6 +47,39 @@ def write_report(fs, src_bucket: str, inv_bucket: str, created: float, corrupt: 
     return f"s3://{base}/"
 
 
+def write_parquet_report(fs, src_bucket: str, inv_bucket: str, created: float) -> str:
+    """The same as a Parquet report of an all-versions inventory: snake_case columns, keys as they are,
+    times as timestamps, plus an older version and a delete marker that must not be listed."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datetime import datetime, timezone
+
+    base = f"{inv_bucket}/reports/{src_bucket}/daily"
+    fs.invalidate_cache()
+    rows = []
+    for info in fs.find(src_bucket, detail=True).values():
+        key = info["name"][len(src_bucket) + 1:]
+        rows.append({"bucket": src_bucket, "key": key, "version_id": "v2", "is_latest": True, "is_delete_marker": False,
+                     "size": info["size"], "last_modified_date": info["LastModified"], "e_tag": info["ETag"].strip('"')})
+        rows.append({"bucket": src_bucket, "key": key, "version_id": "v1", "is_latest": False, "is_delete_marker": False,
+                     "size": 1, "last_modified_date": datetime(2020, 1, 1, tzinfo=timezone.utc), "e_tag": "old"})
+    rows.append({"bucket": src_bucket, "key": "deleted-long-ago", "version_id": "v9", "is_latest": True,
+                 "is_delete_marker": True, "size": None, "last_modified_date": None, "e_tag": None})
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buf)
+    data = buf.getvalue()
+    data_key = f"reports/{src_bucket}/daily/data/{uuid.uuid4()}.parquet"
+    fs.pipe_file(f"{inv_bucket}/{data_key}", data)
+    manifest = json.dumps({
+        "sourceBucket": src_bucket, "destinationBucket": f"arn:aws:s3:::{inv_bucket}", "version": "2016-11-30",
+        "creationTimestamp": str(int(created * 1000)), "fileFormat": "Parquet",
+        "fileSchema": "message s3.inventory { required binary bucket (UTF8); required binary key (UTF8); ... }",
+        "files": [{"key": data_key, "size": len(data), "MD5checksum": hashlib.md5(data).hexdigest()}]}).encode()
+    stamp = time.strftime("%Y-%m-%dT%H-%MZ", time.gmtime(created))
+    fs.pipe_file(f"{base}/{stamp}/manifest.json", manifest)
+    return f"s3://{base}/"
+
+
 def inventory_project(tmp_path, s3_server):
     p, fs, bucket = make_project(tmp_path, s3_server)
     fill(fs, bucket, OBJECTS)
@@ -79,6 +112,17 @@ def test_a_run_lists_from_the_newest_report_and_the_next_lists_the_bucket(tmp_pa
     assert second["copied"] == 1 and second["listed"] == len(OBJECTS)
     assert sorted(ls_keys(p)) == sorted(set(OBJECTS) - {"gone-later.txt"} | {"added-after.txt"})
     assert p.json("verify", "--deep")["ok"]
+
+
+def test_a_parquet_report_of_all_versions_lists_the_current_ones(tmp_path, s3_server):
+    p, fs, bucket, inv = inventory_project(tmp_path, s3_server)
+    configure(p, write_parquet_report(fs, bucket, inv, time.time() - 60))
+    p.cli("init")
+    run = p.json("run")["jobs"][0]
+    assert run["listed"] == len(OBJECTS) and run["copied"] == len(OBJECTS) and not run["warnings"]
+    assert set(ls_keys(p)) == set(OBJECTS)
+    again = p.json("run")["jobs"][0]  # the bucket's listing agrees with the report: etags and sizes match
+    assert again["copied"] == 0 and again["unchanged"] == len(OBJECTS)
 
 
 def test_a_stale_report_is_not_used(tmp_path, s3_server):

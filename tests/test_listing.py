@@ -104,3 +104,27 @@ def test_an_event_run_after_a_killed_listing_makes_the_next_full_run_list_afresh
     assert cat.listing_progress("j") is not None
     cat.start_partial_listing("j", ["k9"])
     assert cat.listing_progress("j") is None
+
+
+def test_events_wait_for_an_interrupted_full_listing_and_changed_settings_list_afresh(
+        s3_server, bucket, tmp_path, monkeypatch):
+    monkeypatch.setattr(engine, "LIST_BATCH", 20)
+    vault = Vault.create(LocalStore(str(tmp_path / "vault")), MasterKey(os.urandom(32)))
+    cat = Catalogue(tmp_path / "catalogue.db")
+    cat.bind(vault.vault_id)
+    job = JobConfig(name="huge", source=f"s3://{bucket}/", list_partitions=3)
+    CrashingSource.budget, CrashingSource.listed = 60, 0
+    with pytest.raises(SourceError):
+        run_job(vault, cat, job, source(s3_server, bucket, CrashingSource))
+    kept = cat.listing_count("huge")
+    # An event run now would replace the kept rows: it waits (its messages come back later).
+    ev = engine.run_events(vault, cat, job, source(s3_server, bucket), ["p01/obj-001"])
+    assert ev.errors and "interrupted" in ev.errors[0] and ev.seq is None
+    assert cat.listing_count("huge") == kept and cat.listing_progress("huge") is not None
+    # The job's filters changed meanwhile: the kept progress does not apply, the listing starts afresh.
+    before = cat.listing_progress("huge")["started"]
+    narrower = JobConfig(name="huge", source=f"s3://{bucket}/", list_partitions=3, exclude=("zz-*",))
+    CrashingSource.budget, CrashingSource.listed = 10**9, 0
+    stats = run_job(vault, cat, narrower, source(s3_server, bucket, CrashingSource))
+    assert CrashingSource.listed == len(KEYS) and stats.started != before  # everything listed again, from now
+    assert not stats.errors and sorted(e.key for e in cat.entries("huge")) == KEYS

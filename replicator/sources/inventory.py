@@ -136,17 +136,30 @@ def _csv_rows(raw: bytes, manifest: dict) -> Iterator[dict]:
         yield row
 
 
+_PARQUET_COLUMNS = {"bucket": "Bucket", "key": "Key", "version_id": "VersionId", "is_latest": "IsLatest",
+                    "is_delete_marker": "IsDeleteMarker", "size": "Size", "last_modified_date": "LastModifiedDate",
+                    "e_tag": "ETag"}
+
+
 def _parquet_rows(raw: bytes) -> Iterator[dict]:
+    """Rows of a Parquet report (snake_case columns, keys not encoded), named as in CSV reports."""
     try:
         import pyarrow.parquet as pq
     except ImportError:
         raise SourceError("Parquet inventory reports need pyarrow (pip install pyarrow), or choose CSV") from None
     table = pq.read_table(io.BytesIO(raw))
     for row in table.to_pylist():
-        out = {k[:1].upper() + k[1:]: v for k, v in row.items()}  # parquet columns are camelCase: key, size, ...
-        out.update({k: str(v).lower() if isinstance(v, bool) else v for k, v in out.items()})
-        if isinstance(out.get("LastModifiedDate"), datetime):
-            out["LastModifiedDate"] = out["LastModifiedDate"].astimezone(timezone.utc).isoformat()
+        out = {}
+        for column, name in _PARQUET_COLUMNS.items():
+            v = row.get(column)
+            if isinstance(v, bool):
+                v = "true" if v else "false"
+            elif isinstance(v, datetime):
+                v = (v if v.tzinfo else v.replace(tzinfo=timezone.utc)).isoformat()
+            elif column == "last_modified_date" and isinstance(v, int):  # epoch milliseconds
+                v = datetime.fromtimestamp(v / 1000, timezone.utc).isoformat()
+            if v is not None:
+                out[name] = v
         yield out
 
 
