@@ -46,6 +46,16 @@ def test_key_ranges_cover_every_key_once_in_order(s3_server, bucket):
     listed = [item.key for lo, hi in ranges for item in src.list_range(lo, hi)]
     assert listed == KEYS  # each key once, in key order, markers left out
     assert [i.key for i in src.list()] == KEYS
+    # Keys all under one "directory": the ranges are cut a level deeper.
+    one = s3_fs(s3_server)
+    nested = unique("nested")
+    one.mkdir(nested)
+    for k in KEYS:
+        one.pipe_file(f"{nested}/data/{k}", b"x")
+    deep = source(s3_server, nested)
+    nested_ranges = deep.key_ranges(4)
+    assert len(nested_ranges) == 4 and all(lo.startswith("data/") for lo, _ in nested_ranges[1:])
+    assert [i.key for lo, hi in nested_ranges for i in deep.list_range(lo, hi)] == [f"data/{k}" for k in KEYS]
     # Resuming a range after a key lists only what follows it.
     lo, hi = ranges[2]
     part = [i.key for i in src.list_range(lo, hi)]

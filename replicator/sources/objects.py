@@ -134,12 +134,20 @@ class ObjectSource:
 
     def key_ranges(self, n: int) -> list[tuple[str, str | None]]:
         """Up to n contiguous key ranges (lo, hi) covering every key: lo < key < hi, lo "" = the
-        start, hi None = the end. Cut at the source's top-level prefixes (one delimiter listing), so
-        each range can be listed by its own pager, in parallel, and resumed on its own."""
+        start, hi None = the end. Cut at the source's "directories" (delimiter listings: the top
+        level, and up to two levels deeper while there are fewer than n), so each range can be
+        listed by its own pager, in parallel, and resumed on its own."""
         if n <= 1 or not self.resumable:
             return [("", None)]
         with _errors(self.url):
-            prefixes = self._top_prefixes()
+            prefixes = self._prefixes("")
+            for _ in range(2):  # a bucket whose keys all sit under one or two "directories"
+                if not 0 < len(prefixes) < n or len(prefixes) > 100:
+                    break
+                deeper = sorted(q for p in prefixes for q in (self._prefixes(p) or [p]))
+                if deeper == prefixes:
+                    break
+                prefixes = deeper
         if len(prefixes) < 2:
             return [("", None)]
         k = min(n, len(prefixes))
@@ -172,16 +180,17 @@ class ObjectSource:
                 return
             kw = {"ContinuationToken": out["NextContinuationToken"]}
 
-    def _top_prefixes(self) -> list[str]:
-        """The sorted top-level "directories" under the source's prefix (relative, ending "/")."""
+    def _prefixes(self, under: str) -> list[str]:
+        """The sorted "directories" directly under `under` (relative to the source, ending "/")."""
         bucket, _, prefix = self.root.partition("/")
-        prefix = prefix + "/" if prefix else ""
+        prefix = (prefix + "/" if prefix else "") + under
+        base = len(prefix) - len(under)
         out: list[str] = []
         kw: dict[str, str] = {}
         while True:
             page = sync(self.fs.loop, self.fs._call_s3, "list_objects_v2", Bucket=bucket, Prefix=prefix,
                         Delimiter="/", **kw)
-            out += [p["Prefix"][len(prefix):] for p in page.get("CommonPrefixes", [])]
+            out += [p["Prefix"][base:] for p in page.get("CommonPrefixes", [])]
             if not page.get("IsTruncated"):
                 return sorted(out)
             kw = {"ContinuationToken": page["NextContinuationToken"]}
