@@ -76,16 +76,21 @@ class CrashingSource(ObjectSource):
             yield item
 
 
-def test_a_listing_killed_midway_resumes_where_each_range_stopped(s3_server, bucket, tmp_path, monkeypatch):
+def killed_listing(s3_server, bucket, tmp_path, monkeypatch, partitions: int, budget: int):
+    """A vault, a catalogue and a job whose first run was killed after `budget` listed keys."""
     monkeypatch.setattr(engine, "LIST_BATCH", 20)
     vault = Vault.create(LocalStore(str(tmp_path / "vault")), MasterKey(os.urandom(32)))
     cat = Catalogue(tmp_path / "catalogue.db")
     cat.bind(vault.vault_id)
-    job = JobConfig(name="huge", source=f"s3://{bucket}/", list_partitions=4)
-
-    CrashingSource.budget, CrashingSource.listed = 170, 0
+    job = JobConfig(name="huge", source=f"s3://{bucket}/", list_partitions=partitions)
+    CrashingSource.budget, CrashingSource.listed = budget, 0
     with pytest.raises(SourceError):
         run_job(vault, cat, job, source(s3_server, bucket, CrashingSource))
+    return vault, cat, job
+
+
+def test_a_listing_killed_midway_resumes_where_each_range_stopped(s3_server, bucket, tmp_path, monkeypatch):
+    vault, cat, job = killed_listing(s3_server, bucket, tmp_path, monkeypatch, partitions=4, budget=170)
     progress = cat.listing_progress("huge")
     assert progress is not None and len(progress["ranges"]) == 4
     kept = cat.listing_count("huge")
@@ -118,14 +123,7 @@ def test_an_event_run_after_a_killed_listing_makes_the_next_full_run_list_afresh
 
 def test_events_wait_for_an_interrupted_full_listing_and_changed_settings_list_afresh(
         s3_server, bucket, tmp_path, monkeypatch):
-    monkeypatch.setattr(engine, "LIST_BATCH", 20)
-    vault = Vault.create(LocalStore(str(tmp_path / "vault")), MasterKey(os.urandom(32)))
-    cat = Catalogue(tmp_path / "catalogue.db")
-    cat.bind(vault.vault_id)
-    job = JobConfig(name="huge", source=f"s3://{bucket}/", list_partitions=3)
-    CrashingSource.budget, CrashingSource.listed = 60, 0
-    with pytest.raises(SourceError):
-        run_job(vault, cat, job, source(s3_server, bucket, CrashingSource))
+    vault, cat, job = killed_listing(s3_server, bucket, tmp_path, monkeypatch, partitions=3, budget=60)
     kept = cat.listing_count("huge")
     # An event run now would replace the kept rows: it waits (its messages come back later).
     ev = engine.run_events(vault, cat, job, source(s3_server, bucket), ["p01/obj-001"])

@@ -336,14 +336,19 @@ class ObjectSource:
 
     async def _s3_open(self, item: SourceItem, start: int):
         """The body of a GET of the item from byte `start` to its end."""
+        return await self._s3_get_object(item, f"bytes={start}-" if start else None)
+
+    async def _s3_get_object(self, item: SourceItem, byte_range: str | None):
+        """The body of one GET of the listed version of the item (If-Match its ETag, its version id);
+        SourceChanged if the source no longer holds that content."""
         bucket, _, prefix = self.root.partition("/")
         kw: dict[str, str] = {}
         if item.etag:
             kw["IfMatch"] = f'"{item.etag}"'
         if item.version:
             kw["VersionId"] = item.version
-        if start:
-            kw["Range"] = f"bytes={start}-"
+        if byte_range:
+            kw["Range"] = byte_range
         try:
             resp = await self.fs._call_s3("get_object", Bucket=bucket, Key=f"{prefix}/{item.key}" if prefix else item.key, **kw)
         except OSError as e:
@@ -393,21 +398,8 @@ class ObjectSource:
     async def _s3_get(self, item: SourceItem, start: int, end: int, buf: bytearray) -> bytes:
         """One GET (attempt) for bytes start+len(buf)..end, appended to buf as they arrive: a retry
         after a body that broke mid-way asks only for the rest."""
-        bucket, _, prefix = self.root.partition("/")
-        kw: dict[str, str] = {}
-        if item.etag:
-            kw["IfMatch"] = f'"{item.etag}"'
-        if item.version:
-            kw["VersionId"] = item.version
-        if buf or not (start == 0 and end == item.size):
-            kw["Range"] = f"bytes={start + len(buf)}-{end - 1}"
-        try:
-            resp = await self.fs._call_s3("get_object", Bucket=bucket, Key=f"{prefix}/{item.key}" if prefix else item.key, **kw)
-        except OSError as e:
-            if _status(e) == 412:
-                raise SourceChanged(f"{item.key!r} changed while it was read (its ETag is no longer {item.etag})") from None
-            raise
-        body = resp["Body"]
+        whole = not buf and start == 0 and end == item.size
+        body = await self._s3_get_object(item, None if whole else f"bytes={start + len(buf)}-{end - 1}")
         try:
             while True:
                 piece = await body.read(_PIECE)

@@ -119,25 +119,20 @@ class SnapshotRoot:
 
 def encode_pages(entries: Iterable[Entry], page_size: int) -> Iterator[bytes]:
     """Entries (in key order) -> page plaintexts of about page_size bytes of JSON lines."""
-    buf: list[bytes] = []
-    n = 0
-    for e in entries:
-        line = json.dumps(e.to_json(), separators=(",", ":")).encode() + b"\n"
-        buf.append(line)
-        n += len(line)
-        if n >= page_size:
-            yield b"".join(buf)
-            buf, n = [], 0
-    if buf:
-        yield b"".join(buf)
+    return _json_line_pages((e.to_json() for e in entries), page_size)
 
 
 def encode_blob_lists(blobs: Iterable[tuple[str, int]], page_size: int) -> Iterator[bytes]:
     """(blob id, stored size) pairs -> pages of JSON lines `["<blob>",<size>]`."""
+    return _json_line_pages(([blob, size] for blob, size in blobs), page_size)
+
+
+def _json_line_pages(values: Iterable, page_size: int) -> Iterator[bytes]:
+    """Compact JSON lines, cut into a new page after the line that brings a page to page_size."""
     buf: list[bytes] = []
     n = 0
-    for blob, size in blobs:
-        line = json.dumps([blob, size], separators=(",", ":")).encode() + b"\n"
+    for v in values:
+        line = json.dumps(v, separators=(",", ":")).encode() + b"\n"
         buf.append(line)
         n += len(line)
         if n >= page_size:
