@@ -88,6 +88,14 @@ def test_an_unreachable_scheduler_is_one_line_and_exit_2(tmp_path, s3_server):
     r = p.cli("run", check=2, timeout=120)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in lines[0], r.stderr
+    checked = p.cli("check-config", "--no-probe", check=1, timeout=120).stdout
+    assert "FAIL engine dask tcp://127.0.0.1:9: cannot reach the Dask scheduler" in checked, checked
+
+
+def test_check_config_reaches_the_scheduler(tmp_path, s3_server, cluster):
+    p, fs, bucket = dask_project(tmp_path, s3_server, cluster)
+    out = p.cli("check-config", "--no-probe").stdout
+    assert f"ok   engine dask {cluster.scheduler_address}: reachable; 2 workers, 4 threads" in out, out
 
 
 def _tasks_done(dask_worker=None) -> int:

@@ -51,11 +51,26 @@ def run(args, ctx) -> int:
         return "vault exists and the key file opens it"
 
     check(f"vault {cfg.vault.url}", vault_check)
+    if cfg.engine.kind == "dask":
+        def engine_check() -> str:
+            from replicator.dask_engine import connect
+
+            client = connect(cfg.engine.scheduler)
+            try:
+                workers = client.nthreads()
+                return f"reachable; {len(workers)} workers, {sum(workers.values())} threads"
+            finally:
+                client.close()
+
+        check(f"engine dask {cfg.engine.scheduler}", engine_check)
     protection, warnings = _protection(reached.get("store"), args.no_probe)
     for i, job in enumerate(cfg.jobs):
         def source_check(job=job, i=i) -> str:
             src = open_source(job, configmod.resolve_secrets(job.source_options, f"jobs[{i}].source_options"))
             src.check()
+            if getattr(src, "inventory", None) is not None:
+                report, why = src.inventory.usable(None)
+                return "listable; " + (f"inventory report of {report.time:%Y-%m-%dT%H:%MZ}" if report else why)
             return "listable"
 
         check(f"job {job.name}: source {job.source}", source_check)
