@@ -13,9 +13,9 @@ import json
 import os
 import struct
 import threading
-from collections import OrderedDict
 import time
 import uuid
+from collections import OrderedDict
 from datetime import datetime, timezone
 from typing import Iterator
 
