@@ -96,6 +96,7 @@ class EngineConfig:
     kind: str = "local"  # "local" | "dask"
     scheduler: str | None = None  # dask: the scheduler's address, tcp://HOST:8786
     batch: int = 64  # dask: objects per task
+    connect_timeout: float = 10.0  # dask: seconds to reach the scheduler before the run fails
 
 
 ENGINE_KINDS = ("local", "dask")
@@ -177,8 +178,12 @@ def _engine(t: "_Reader") -> EngineConfig:
     if scheduler is not None and not re.fullmatch(r"(tcp|tls|ws|wss|inproc)://\S+", scheduler):
         raise ConfigError(t.key("scheduler"), f"expected an address like tcp://HOST:8786, got {scheduler!r}")
     batch = int(t.number("batch", 64, 1, 100_000, integer=True))
+    try:
+        timeout = parse_duration(t.string("connect_timeout", default="10s")).total_seconds()
+    except ValueError as e:
+        raise ConfigError(t.key("connect_timeout"), str(e)) from None
     t.done()
-    return EngineConfig(kind, scheduler, batch)
+    return EngineConfig(kind, scheduler, batch, timeout)
 
 
 def _vault(t: "_Reader", base_dir: Path) -> VaultConfig:

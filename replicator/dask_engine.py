@@ -49,7 +49,7 @@ class DaskCopier:
                  progress: Progress | None, stop: threading.Event | None) -> None:
         from distributed import as_completed
 
-        client = connect(self.cfg.engine.scheduler)
+        client = connect(self.cfg.engine.scheduler, self.cfg.engine.connect_timeout)
         try:
             threads = sum(client.nthreads().values()) or 1
             limit = max(2, 2 * threads)
@@ -115,12 +115,12 @@ class DaskCopier:
             client.close()
 
 
-def connect(address: str):
+def connect(address: str, timeout: float = 10.0):
     """A client of the scheduler at `address`; SchedulerUnreachable (exit 2) if it does not answer."""
     from distributed import Client
 
     try:
-        return Client(address, timeout="10s", set_as_default=False)
+        return Client(address, timeout=f"{timeout}s", set_as_default=False)
     except (OSError, TimeoutError) as e:
         raise SchedulerUnreachable(f"cannot reach the Dask scheduler at {address} ([engine] scheduler): "
                                    f"{type(e).__name__}: {e}") from None

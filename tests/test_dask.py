@@ -82,7 +82,7 @@ def test_a_worker_killed_mid_run_loses_nothing(tmp_path, s3_server, cluster):
 def test_an_unreachable_scheduler_is_one_line_and_exit_2(tmp_path, s3_server):
     p, fs, bucket = make_project(tmp_path, s3_server)
     p.config.write_text(p.config.read_text().replace(
-        "[vault]", '[engine]\nkind = "dask"\nscheduler = "tcp://127.0.0.1:9"\n\n[vault]', 1))
+        "[vault]", '[engine]\nkind = "dask"\nscheduler = "tcp://127.0.0.1:9"\nconnect_timeout = "2s"\n\n[vault]', 1))
     fill(fs, bucket, {"a": b"a"})
     p.cli("init")
     r = p.cli("run", check=2, timeout=120)

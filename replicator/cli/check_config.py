@@ -55,7 +55,7 @@ def run(args, ctx) -> int:
         def engine_check() -> str:
             from replicator.dask_engine import connect
 
-            client = connect(cfg.engine.scheduler)
+            client = connect(cfg.engine.scheduler, cfg.engine.connect_timeout)
             try:
                 workers = client.nthreads()
                 return f"reachable; {len(workers)} workers, {sum(workers.values())} threads"
