@@ -166,7 +166,7 @@ class Catalogue:
             self.db.execute("DELETE FROM listing WHERE job=?", (job,))
             self.db.execute("DELETE FROM scope WHERE job=?", (job,))
             self.db.executemany("INSERT OR IGNORE INTO scope VALUES(?, ?)", ((job, k) for k in keys))
-            self.set_meta(_LISTING + job, None)  # (engine.run_events waits while a full listing can resume)
+            self.set_meta(_LISTING + job, None)  # (event_runs.run_events waits while a full listing can resume)
         self.carry = None
 
     def set_carry(self, live_before: int) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
 import threading
 import time
@@ -28,6 +27,7 @@ from replicator.catalogue import Catalogue
 from replicator.config import JobConfig
 from replicator.errors import IntegrityError, PrivateKeyNeeded, SourceChanged, SourceError
 from replicator.history import History
+from replicator.listing import list_source
 from replicator.sources.base import Source, SourceItem
 from replicator.units import format_time_precise
 from replicator.vault.format import CHUNK_SIZE, PAGE_SIZE, ChunkRef
@@ -38,7 +38,6 @@ from replicator.vault.vault import Vault
 log = logging.getLogger("replicator.engine")
 
 CHECKPOINT_EVERY = 200  # a checkpoint and at most 199 deltas after it
-LIST_BATCH = 2000
 PACK_MAX_AGE = 30.0  # seconds a partly filled pack may wait for more small chunks
 
 
@@ -158,7 +157,7 @@ def run_job(vault: Vault, cat: Catalogue, job: JobConfig, source: Source, *, dry
 
         import_history(vault, cat, job, source, started, stats, workers, stop)
 
-    started = _list(cat, job, source, stats, started, progress, stop)
+    started = list_source(cat, job, source, stats, started, progress, stop)
     if stop is not None and stop.is_set():
         stats.errors.append("stopped while listing; the next run resumes the listing")
         stats.seconds = time.monotonic() - t0
@@ -182,108 +181,6 @@ def run_job(vault: Vault, cat: Catalogue, job: JobConfig, source: Source, *, dry
     _write_snapshot(vault, cat, job, started, stats)
     stats.seconds = time.monotonic() - t0
     return stats
-
-
-def _list(cat: Catalogue, job: JobConfig, source: Source, stats: RunStats, started: datetime,
-          progress: Progress | None, stop: threading.Event | None) -> datetime:
-    """List the source into the catalogue; returns the snapshot's time (when the listing began).
-
-    A source that lists key ranges in order (S3) is listed as `job.list_partitions` ranges in
-    parallel, each batch committed with how far its range got: a run killed while listing a huge
-    bucket resumes every range where it stopped, and keeps the time the listing began."""
-    inventory = getattr(source, "inventory", None)
-    if inventory is not None:
-        head = cat.head(job.name)
-        last = cat.snapshot_started(job.name, head[0]) if head else None
-        report, why = inventory.usable(_parse_time(last) if last else None)
-        if report is not None:
-            cat.start_listing(job.name)
-            _list_into(cat, job.name, inventory.items(report), stats, progress, stop)
-            stats.started = format_time_precise(report.time)
-            log.info("job %s: listed from the inventory report of %s", job.name, stats.started)
-            return report.time
-        log.info("job %s: %s; listing the bucket instead", job.name, why)
-    if not getattr(source, "resumable", False):
-        cat.start_listing(job.name)
-        _list_into(cat, job.name, source.list(), stats, progress, stop)
-        return started
-    state = cat.listing_progress(job.name)
-    settings = {"source": job.source, "include": list(job.include), "exclude": list(job.exclude),
-                "partitions": job.list_partitions}
-    if state is not None and state.get("settings") != settings:
-        log.info("job %s: the source or its filters changed since the listing was interrupted: listing afresh", job.name)
-        state = None
-    if state is None:
-        ranges = source.key_ranges(job.list_partitions)
-        state = {"started": format_time_precise(started), "settings": settings,
-                 "ranges": [[lo, hi, None, False] for lo, hi in ranges]}
-        cat.start_listing(job.name, state)
-    else:
-        stats.listed, stats.started = cat.listing_count(job.name), state["started"]
-        log.info("job %s: resuming the listing begun at %s (%d keys listed then)", job.name, state["started"], stats.listed)
-    lock = threading.Lock()
-    halt = threading.Event()  # one range failed: the others stop at their next batch
-
-    def list_range(i: int) -> None:
-        try:
-            _list_range(i)
-        except BaseException:
-            halt.set()
-            raise
-
-    def _list_range(i: int) -> None:
-        lo, hi, after, _ = state["ranges"][i]
-        batch: list[SourceItem] = []
-
-        def commit(done: bool) -> None:
-            with lock:
-                if batch:
-                    state["ranges"][i][2] = batch[-1].key
-                state["ranges"][i][3] = done
-                cat.add_listing(job.name, batch, state)
-                stats.listed += len(batch)
-            batch.clear()
-            if progress:
-                progress(stats)
-
-        for item in source.list_range(lo, hi, after):
-            batch.append(item)
-            if len(batch) >= LIST_BATCH:
-                commit(False)
-                if halt.is_set() or (stop is not None and stop.is_set()):
-                    return
-        commit(True)
-
-    todo = [i for i, r in enumerate(state["ranges"]) if not r[3]]
-    with ThreadPoolExecutor(max(1, len(todo)), thread_name_prefix="list") as pool:
-        for f in [pool.submit(list_range, i) for i in todo]:
-            f.result()  # the first failure is the run's error; what was listed stays for the next run
-    if stop is None or not stop.is_set():
-        cat.end_listing(job.name)
-    return _parse_time(state["started"])
-
-
-def _parse_time(text: str) -> datetime:
-    """A time as format_time_precise writes it (older snapshots: whole seconds)."""
-    fmt = "%Y-%m-%dT%H:%M:%S.%fZ" if "." in text else "%Y-%m-%dT%H:%M:%SZ"
-    return datetime.strptime(text, fmt).replace(tzinfo=timezone.utc)
-
-
-def _list_into(cat: Catalogue, job: str, items, stats: RunStats, progress: Progress | None,
-               stop: threading.Event | None) -> None:
-    batch: list[SourceItem] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= LIST_BATCH:
-            cat.add_listing(job, batch)
-            stats.listed += len(batch)
-            batch = []
-            if progress:
-                progress(stats)
-            if stop is not None and stop.is_set():
-                return
-    cat.add_listing(job, batch)
-    stats.listed += len(batch)
 
 
 def _copy(vault: Vault, cat: Catalogue, job: str, source: Source, stats: RunStats, workers: int,
@@ -501,83 +398,3 @@ def _check_breaker(cat: Catalogue, job: JobConfig, stats: RunStats) -> None:
         stats.errors.append(f"breaker tripped: {reason}; the previous versions stay current until "
                             f"`replicator approve {job.name}`")
         log.info("job %s: breaker tripped: %s", job.name, reason)  # the caller reports it as an error
-
-
-# -- event runs (issue 9) -----------------------------------------------------------------------------
-
-@dataclass
-class EventRunStats(RunStats):
-    keys: int = 0  # distinct keys the events named
-    snapshot_time: float | None = None  # unix time the snapshot was written (None: nothing to record)
-    changed_keys: tuple[str, ...] = ()  # keys the snapshot recorded (changed or tombstoned)
-    newly_tripped: bool = False  # this run tripped a breaker that was not tripped before
-
-
-def run_events(vault: Vault, cat: Catalogue, job: JobConfig, source: Source, keys, *, workers: int = 8,
-               progress: Progress | None = None, stop: threading.Event | None = None) -> EventRunStats:
-    """An event run: only the keys events named. The source is asked for each key's current state
-    (so a duplicated, reordered or stale event changes nothing), what differs from the head is
-    copied, keys that are gone are tombstoned, and a delta snapshot is written; every other key is
-    untouched. Nothing changed: no snapshot. Deletions and rewrites go through the same breaker as a
-    full run's, judged together with those earlier event runs recorded since the last full run."""
-    stats = EventRunStats(job=job.name)
-    t0 = time.monotonic()
-    started = datetime.now(timezone.utc)
-    stats.started = format_time_precise(started)
-    keys = sorted(set(keys))
-    stats.keys = len(keys)
-    if not keys:
-        return stats
-    sync_job(vault, cat, job.name)
-    if cat.listing_progress(job.name) is not None:
-        # A partial listing would replace the rows an interrupted full listing kept for its resume.
-        stats.errors.append("a full listing of this job was interrupted; events wait until the next scheduled run "
-                            "resumes and finishes it")
-        stats.seconds = time.monotonic() - t0
-        return stats
-    cat.start_partial_listing(job.name, keys)
-    items = list(source.stat(keys))
-    cat.add_listing(job.name, items)
-    stats.listed = len(items)
-    stats.to_copy, stats.to_copy_bytes = cat.count_to_copy(job.name)
-    _copy(vault, cat, job.name, source, stats, workers, progress, stop)
-    if stop is not None and stop.is_set():
-        stats.errors.append("stopped before the snapshot was written; the events stay in the queue")
-        stats.seconds = time.monotonic() - t0
-        return stats
-    if cat.prepare_delta(job.name) == 0:  # duplicates, or changes a full run already recorded
-        with cat.transaction():
-            cat.finish_run(job.name)
-        stats.unchanged = stats.listed
-        stats.seconds = time.monotonic() - t0
-        return stats
-    # The breaker judges what a full run would see: the net change since the last full run, per key.
-    carry_key = f"events:carry:{job.name}"
-    live_before = json.loads(cat.meta(carry_key) or "null") or {"live": cat.live_count(job.name)}
-    # (renames count as suspicious now; _check_breaker adds this run's encrypted-looking rewrites itself)
-    encrypted = [new.key for old, new in cat.rewrites(job.name) if looks_encrypted(old.chunks, new.chunks)]
-    cat.prepare_event_changes(job.name, cat.renamed_keys())
-    cat.set_carry(live_before["live"])
-    was_tripped, approved = cat.meta(f"breaker:{job.name}"), cat.meta(f"approve:{job.name}")
-    changed_keys: list[str] = []
-
-    def bookkeeping() -> None:
-        # Until the next full run: the net changes add up (held ones too), an earlier trip stands and
-        # an operator's approval stays for the full run (which clears all three). Committed with the head.
-        changed_keys.extend(e.key for e in cat.delta())
-        cat.commit_event_changes(job.name, encrypted)
-        cat.set_meta(carry_key, json.dumps(live_before))
-        if was_tripped and not stats.breaker:
-            cat.set_meta(f"breaker:{job.name}", was_tripped)
-        if approved:
-            cat.set_meta(f"approve:{job.name}", approved)
-
-    try:
-        _write_snapshot(vault, cat, job, started, stats, bookkeeping)
-    finally:
-        cat.carry = None
-    stats.snapshot_time = time.time()
-    stats.changed_keys = tuple(changed_keys)
-    stats.newly_tripped = bool(stats.breaker and not was_tripped)
-    stats.seconds = time.monotonic() - t0
-    return stats

@@ -16,7 +16,8 @@ from replicator import metrics, notify
 from replicator.catalogue import Catalogue
 from replicator.coverage import observe as observe_coverage
 from replicator.config import Config, JobConfig
-from replicator.engine import Progress, RunStats, run_events, run_job
+from replicator.engine import Progress, RunStats, run_job
+from replicator.event_runs import run_events
 from replicator.errors import ReplicatorError, SourceError, StoreError, VaultError
 from replicator.redact import redact
 from replicator.sources import open_source
@@ -97,7 +98,7 @@ def _observe_missed(cat: Catalogue, job: str, stats: RunStats) -> None:
 
 def run_event_batch(cfg: Config, vault: Vault, job: JobConfig, keys: list[str], times: dict[str, float], *,
                     workers: int = 8, stop: threading.Event | None = None) -> Outcome:
-    """An event run of a job (engine.run_events) for `keys`, with `times` the latest event time of each
+    """An event run of a job (event_runs.run_events) for `keys`, with `times` the latest event time of each
     key; records the replication lag of what the snapshot recorded. Like run_one, expected failures
     are returned; the caller acks the events only when the outcome says they are covered."""
     cat = Catalogue(cfg.state_dir / "catalogue.db")

@@ -499,7 +499,8 @@ def _live(cat) -> dict:
 
 
 def test_an_event_run_touches_only_the_named_keys(tmp_path):
-    from replicator.engine import run_events, run_job
+    from replicator.engine import run_job
+    from replicator.event_runs import run_events
 
     src, vault, cat, job, source = _engine(tmp_path)
     for i in range(5):
@@ -524,7 +525,8 @@ def test_an_event_run_touches_only_the_named_keys(tmp_path):
 def test_an_interrupted_full_run_keeps_its_copies_across_an_event_run(tmp_path):
     import threading
 
-    from replicator.engine import run_events, run_job
+    from replicator.engine import run_job
+    from replicator.event_runs import run_events
 
     src, vault, cat, job, source = _engine(tmp_path)
     (src / "a").write_bytes(b"a")
@@ -553,7 +555,8 @@ def test_an_interrupted_full_run_keeps_its_copies_across_an_event_run(tmp_path):
 
 def test_event_runs_add_up_for_the_breaker_until_a_full_run(tmp_path):
     from replicator.breaker import Safety
-    from replicator.engine import run_events, run_job
+    from replicator.engine import run_job
+    from replicator.event_runs import run_events
 
     src, vault, cat, job, source = _engine(tmp_path, Safety(max_deleted_fraction=0.25, min_objects=5))
     for i in range(40):
@@ -586,7 +589,8 @@ def test_churn_by_events_is_judged_by_its_net_effect_like_a_full_run(tmp_path):
     is no mass change: a full run would see nothing or one rewrite. The breaker counts each key's
     net change since the last full run, not every event run's."""
     from replicator.breaker import Safety
-    from replicator.engine import run_events, run_job
+    from replicator.engine import run_job
+    from replicator.event_runs import run_events
 
     src, vault, cat, job, source = _engine(tmp_path, Safety(max_deleted_fraction=0.25, max_rewritten_fraction=0.5,
                                                             min_objects=5))

@@ -7,10 +7,11 @@ import os
 import pytest
 
 from project import s3_fs, unique
-from replicator import engine
+from replicator import listing
 from replicator.catalogue import Catalogue
 from replicator.config import JobConfig
 from replicator.engine import run_job
+from replicator.event_runs import run_events
 from replicator.errors import SourceError
 from replicator.sources.objects import ObjectSource
 from replicator.stores.local import LocalStore
@@ -78,7 +79,7 @@ class CrashingSource(ObjectSource):
 
 def killed_listing(s3_server, bucket, tmp_path, monkeypatch, partitions: int, budget: int):
     """A vault, a catalogue and a job whose first run was killed after `budget` listed keys."""
-    monkeypatch.setattr(engine, "LIST_BATCH", 20)
+    monkeypatch.setattr(listing, "LIST_BATCH", 20)
     vault = Vault.create(LocalStore(str(tmp_path / "vault")), MasterKey(os.urandom(32)))
     cat = Catalogue(tmp_path / "catalogue.db")
     cat.bind(vault.vault_id)
@@ -126,7 +127,7 @@ def test_events_wait_for_an_interrupted_full_listing_and_changed_settings_list_a
     vault, cat, job = killed_listing(s3_server, bucket, tmp_path, monkeypatch, partitions=3, budget=60)
     kept = cat.listing_count("huge")
     # An event run now would replace the kept rows: it waits (its messages come back later).
-    ev = engine.run_events(vault, cat, job, source(s3_server, bucket), ["p01/obj-001"])
+    ev = run_events(vault, cat, job, source(s3_server, bucket), ["p01/obj-001"])
     assert ev.errors and "interrupted" in ev.errors[0] and ev.seq is None
     assert cat.listing_count("huge") == kept and cat.listing_progress("huge") is not None
     # The job's filters changed meanwhile: the kept progress does not apply, the listing starts afresh.
