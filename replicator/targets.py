@@ -40,14 +40,17 @@ class LocalTarget:
         self.url = str(self.root)
         self._fold = None  # how this file system folds names; probed at the first write
         self._folded: dict[str, str] = {}  # folded name -> key written (only on folding file systems)
+        self._dirs: set[Path] = set()  # directories made and found to lie under the root
         self._lock = threading.Lock()
 
     def path(self, key: str) -> Path:
+        """Where the key goes; Unrepresentable if it is no plain relative path or would lead outside
+        the root (through a symbolic link on the way: its directory is resolved, once per directory)."""
         parts = key.split("/")
         if not key or key.startswith("/") or "\\" in key or "\0" in key or any(p in ("", ".", "..") for p in parts):
             raise Unrepresentable(f"key {key!r} cannot be a path under {self.url}")
         p = self.root.joinpath(*parts)
-        if not p.resolve().is_relative_to(self.root):
+        if p.parent not in self._dirs and not p.parent.resolve().is_relative_to(self.root):
             raise Unrepresentable(f"key {key!r} leads outside {self.url}")
         return p
 
@@ -55,13 +58,13 @@ class LocalTarget:
         p = self.path(key)
         tmp = None
         try:
-            p.parent.mkdir(parents=True, exist_ok=True)
+            self._make_dir(p.parent)
             self._claim(key)
             tmp = p.parent / f".restore-{uuid.uuid4().hex}"
             with open(tmp, "wb") as f:
                 for c in chunks:
                     f.write(c)
-            os.replace(tmp, p)
+            os.replace(tmp, p)  # over a symbolic link, the link itself is replaced: never written through
             tmp = None
         except (NotADirectoryError, IsADirectoryError, FileExistsError):
             raise Unrepresentable(f"key {key!r} collides with another key's directory under {self.url}") from None
@@ -75,6 +78,16 @@ class LocalTarget:
                     os.unlink(tmp)
                 except OSError:
                     pass
+
+    def _make_dir(self, d: Path) -> None:
+        """Make a key's directory (once per directory), and check it still lies under the root."""
+        if d in self._dirs:
+            return
+        d.mkdir(parents=True, exist_ok=True)
+        if not d.resolve().is_relative_to(self.root):
+            raise StoreError(f"cannot write under {d}: it leads outside {self.url}")
+        with self._lock:
+            self._dirs.add(d)
 
     def _claim(self, key: str) -> None:
         """On a file system that folds names, refuse a key whose folded name another key holds."""

@@ -108,6 +108,27 @@ def test_a_file_system_that_folds_case_or_normalisation_is_reported_not_overwrit
     assert (tmp_path / "out" / "case" / "Readme.md").read_bytes() == b"first"
 
 
+def test_a_symbolic_link_in_the_target_is_never_written_through(tmp_path):
+    """A directory link leading outside the target refuses the keys under it; a file link is replaced
+    by the restored file, and what it pointed to is left alone."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim").write_bytes(b"keep")
+    root = tmp_path / "out"
+    root.mkdir()
+    (root / "linkdir").symlink_to(outside)
+    (root / "linkfile").symlink_to(outside / "victim")
+    target = LocalTarget(str(root))
+    for key in ("linkdir/victim", "linkdir/new/deeper"):
+        with pytest.raises(Unrepresentable, match="leads outside"):
+            target.write(key, iter([b"evil"]))
+    target.write("linkfile", iter([b"restored"]))
+    target.write("plain/file", iter([b"ok"]))
+    assert not (root / "linkfile").is_symlink() and (root / "linkfile").read_bytes() == b"restored"
+    assert sorted(p.name for p in outside.iterdir()) == ["victim"] and (outside / "victim").read_bytes() == b"keep"
+    assert (root / "plain" / "file").read_bytes() == b"ok"
+
+
 def test_human_listing_does_not_pass_control_characters_to_the_terminal(replicated):
     p, _, _ = replicated
     out = p.cli("ls", "prod").stdout

@@ -5,10 +5,6 @@ from __future__ import annotations
 from replicator import config as configmod
 from replicator.errors import EXIT_OK, EXIT_PROBLEMS, ReplicatorError
 from replicator.redact import redact
-from replicator.sources import open_source
-from replicator.stores.immutable import probe, require_protection
-from replicator.vault.keys import load_key_file
-from replicator.vault.vault import Vault
 
 
 def add_parser(sub) -> None:
@@ -26,6 +22,10 @@ def add_parser(sub) -> None:
 
 
 def run(args, ctx) -> int:
+    from replicator.sources import open_source
+    from replicator.vault.keys import load_key_file
+    from replicator.vault.vault import Vault
+
     cfg = ctx.config  # a bad config raises ConfigError: exit 2 with the key path
     checks: list[dict] = []
 
@@ -97,6 +97,8 @@ def run(args, ctx) -> int:
 def _protection(store, no_probe: bool) -> tuple[dict | None, list[str]]:
     """[vault.immutability] the bucket cannot honour: ConfigError (exit 2, naming vault.immutability.mode).
     Vault credentials that can delete or overwrite: a warning, never a failure."""
+    from replicator.stores.immutable import probe, require_protection
+
     if store is None:  # unreachable, or no bucket yet: the vault check says so
         return None, []
     require_protection(store)

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from replicator import config as configmod
-from replicator.catalogue import Catalogue
 from replicator.config import Config
-from replicator.stores import Store, open_store
-from replicator.vault.keys import load_key_file
-from replicator.vault.vault import Vault
+
+if TYPE_CHECKING:  # each command imports only what it uses: `--help` and light commands start fast
+    from replicator.catalogue import Catalogue
+    from replicator.stores import Store
+    from replicator.vault.vault import Vault
 
 
 @dataclass
@@ -27,16 +28,23 @@ class Context:
         return self._config
 
     def vault_store(self) -> Store:
+        from replicator.stores import open_store
+
         v = self.config.vault
         return open_store(v.url, configmod.resolve_secrets(v.options, "vault.options"), v.bandwidth, v.immutability)
 
     def open_vault(self, key_path: str | None = None) -> Vault:
         from pathlib import Path
 
+        from replicator.vault.keys import load_key_file
+        from replicator.vault.vault import Vault
+
         key = load_key_file(Path(key_path) if key_path else self.config.vault.key_file)
         return Vault.open(self.vault_store(), key)
 
     def catalogue(self) -> Catalogue:
+        from replicator.catalogue import Catalogue
+
         return Catalogue(self.config.state_dir / "catalogue.db")
 
     @property

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 from replicator import config as configmod
-from replicator.stores import open_store
-from replicator.vault.keys import load_key_file
-from replicator.vault.vault import Vault
 
 
 def add_parser(sub) -> None:
@@ -19,6 +16,9 @@ def add_parser(sub) -> None:
 
 def run(args, ctx) -> int:
     from replicator.daemon import Daemon  # here: APScheduler's import costs every other command 0.2 s
+    from replicator.stores import open_store
+    from replicator.vault.keys import load_key_file
+    from replicator.vault.vault import Vault
 
     path = configmod.config_path(args.config)
 

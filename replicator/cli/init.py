@@ -5,9 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from replicator.errors import UsageError, VaultError
-from replicator.stores.immutable import find_immutable, require_protection
-from replicator.vault.keys import create_key_file, load_key_file
-from replicator.vault.vault import Vault
 
 
 def add_parser(sub) -> None:
@@ -28,6 +25,10 @@ def add_parser(sub) -> None:
 
 
 def run(args, ctx) -> int:
+    from replicator.stores.immutable import find_immutable, require_protection
+    from replicator.vault.keys import create_key_file, load_key_file
+    from replicator.vault.vault import Vault
+
     cfg = ctx.config
     if args.write_only != bool(args.private_key):
         raise UsageError("--write-only and --private-key PATH go together")

@@ -8,8 +8,6 @@ import sys
 from pathlib import Path
 
 from replicator.errors import StoreError, UsageError, VaultError
-from replicator.vault import keys
-from replicator.vault.vault import Vault
 
 
 def add_parser(sub) -> None:
@@ -47,6 +45,9 @@ def add_parser(sub) -> None:
 
 
 def rotate(args, ctx) -> int:
+    from replicator.vault import keys
+    from replicator.vault.vault import Vault
+
     cfg = ctx.config
     vault = ctx.open_vault()
     old = vault.master
@@ -70,6 +71,8 @@ def rotate(args, ctx) -> int:
 
 
 def export(args, ctx) -> int:
+    from replicator.vault import keys
+
     cfg = ctx.config
     key = keys.load_key_file(cfg.vault.key_file)
     paper = keys.paper_backup(key)
@@ -80,6 +83,8 @@ def export(args, ctx) -> int:
 
 
 def import_(args, ctx) -> int:
+    from replicator.vault import keys
+
     cfg = ctx.config
     text = sys.stdin.read() if args.file == "-" else _read(args.file)
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lower().startswith(("replicator", "keep"))]
@@ -93,6 +98,8 @@ def import_(args, ctx) -> int:
 
 
 def passphrase(args, ctx) -> int:
+    from replicator.vault import keys
+
     cfg = ctx.config
     key = keys.load_key_file(cfg.vault.key_file)
     keys.replace_key_file(cfg.vault.key_file, key, None if args.remove else _new_passphrase())

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import sys
 
-from replicator.history import History
-
 
 def add_parser(sub) -> None:
     p = sub.add_parser("ls", help="list a job's objects at a point in time",
@@ -21,6 +19,8 @@ def add_parser(sub) -> None:
 
 
 def run(args, ctx) -> int:
+    from replicator.history import History
+
     vault = ctx.open_vault(args.key)
     history = History.for_job(vault, args.job)
     root = history.select(args.at)

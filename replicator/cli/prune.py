@@ -10,10 +10,6 @@ from pathlib import Path
 from replicator import config as configmod
 from replicator.cli.context import human_bytes
 from replicator.errors import ConfigError, UsageError
-from replicator.prune import prune
-from replicator.stores import open_store
-from replicator.vault.keys import load_key_file
-from replicator.vault.vault import Vault
 
 
 def add_parser(sub) -> None:
@@ -34,6 +30,11 @@ def add_parser(sub) -> None:
 
 
 def run(args, ctx) -> int:
+    from replicator.prune import prune
+    from replicator.stores import open_store
+    from replicator.vault.keys import load_key_file
+    from replicator.vault.vault import Vault
+
     cfg = ctx.config
     if not args.dry_run and not args.credentials:
         raise UsageError("prune deletes, so it needs --credentials FILE with vault credentials that may delete "

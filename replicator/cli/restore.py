@@ -5,8 +5,6 @@ from __future__ import annotations
 from replicator import config as configmod
 from replicator.cli.context import human_bytes
 from replicator.errors import EXIT_OK, EXIT_PROBLEMS, UsageError
-from replicator.restore import restore
-from replicator.targets import open_target
 
 
 def add_parser(sub) -> None:
@@ -29,6 +27,9 @@ def add_parser(sub) -> None:
 
 
 def run(args, ctx) -> int:
+    from replicator.restore import restore
+    from replicator.targets import open_target
+
     options = configmod.resolve_secrets(configmod.parse_option_pairs(args.to_option, "--to-option"), "--to-option")
     vault = ctx.open_vault(args.key)
     kind = next((j.kind for j in ctx.config.jobs if j.name == args.job), "objects")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import sys
 import time
 
+from typing import TYPE_CHECKING
+
 from replicator.cli.context import human_bytes
-from replicator.engine import RunStats
 from replicator.errors import EXIT_FATAL, EXIT_OK, EXIT_PROBLEMS, ReplicatorError
-from replicator.lock import StateLock
-from replicator.runs import run_one
+
+if TYPE_CHECKING:
+    from replicator.engine import RunStats
 
 
 def add_parser(sub) -> None:
@@ -26,6 +28,9 @@ def add_parser(sub) -> None:
 
 
 def run(args, ctx) -> int:
+    from replicator.lock import StateLock
+    from replicator.runs import run_one
+
     cfg = ctx.config
     jobs = [cfg.job(n) for n in args.job] if args.job else list(cfg.jobs)
     if not jobs:

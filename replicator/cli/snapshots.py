@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from replicator.cli.context import human_bytes
-from replicator.history import History, job_names
 
 
 def add_parser(sub) -> None:
@@ -16,6 +15,8 @@ def add_parser(sub) -> None:
 
 
 def run(args, ctx) -> int:
+    from replicator.history import History, job_names
+
     vault = ctx.open_vault(args.key)
     names = job_names(vault)
     seqs = vault.snapshot_seqs()

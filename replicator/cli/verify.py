@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import time
 
-from replicator import notify
 from replicator.cli.context import human_bytes
 from replicator.errors import EXIT_OK, EXIT_PROBLEMS, PrivateKeyNeeded, UsageError
-from replicator.verify import verify
 
 
 def add_parser(sub) -> None:
@@ -42,6 +40,9 @@ def run(args, ctx) -> int:
         if args.deep or args.sample is not None or args.extend_retention:
             raise UsageError("--against-source compares with the source only; run --deep or --extend-retention separately")
         return _against_source(args, ctx)
+    from replicator import notify
+    from replicator.verify import verify
+
     cfg = ctx.config
     if args.extend_retention and cfg.vault.immutability is None:
         raise UsageError("--extend-retention needs [vault.immutability] in the config")
@@ -97,7 +98,7 @@ def _issue10_notes(r, cat) -> list[str]:
 
 def _against_source(args, ctx) -> int:
     """`verify --against-source [--job NAME]`: drift between each objects job's latest snapshot and its source."""
-    from replicator import config as configmod
+    from replicator import config as configmod, notify
     from replicator.drift import JobDrift, against_source
     from replicator.errors import ReplicatorError
     from replicator.sources import open_source

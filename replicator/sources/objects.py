@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 from dataclasses import dataclass
@@ -83,8 +84,6 @@ class ObjectSource:
                 yield item
 
     async def _s3_stat(self, keys: list[str]) -> list[SourceItem | None]:
-        import asyncio
-
         bucket, _, prefix = self.root.partition("/")
         prefix = prefix + "/" if prefix else ""
         gate = asyncio.Semaphore(16)
@@ -163,22 +162,31 @@ class ObjectSource:
                     yield item
 
     def _list_s3_range(self, lo: str, hi: str | None, after: str | None) -> Iterator[SourceItem]:
+        """ListObjectsV2 pages in key order; the next page is requested as soon as a page arrives, so
+        the server works on it while the caller stores this one (memory: two pages)."""
         bucket, _, prefix = self.root.partition("/")
         prefix = prefix + "/" if prefix else ""
         start = max(lo, after or "")
-        kw = {"StartAfter": prefix + start} if start else {}
-        while True:
-            out = sync(self.fs.loop, self.fs._call_s3, "list_objects_v2", Bucket=bucket, Prefix=prefix,
-                       MaxKeys=_LIST_BATCH, **kw)
-            for info in out.get("Contents", []):
-                key = info["Key"][len(prefix):]
-                if hi is not None and key >= hi:
-                    return
-                if not key.endswith("/"):  # a "directory" marker is not an object
-                    yield SourceItem(key, int(info["Size"]), _mtime(info), _etag(info), None)
-            if not out.get("IsTruncated"):
-                return
-            kw = {"ContinuationToken": out["NextContinuationToken"]}
+
+        def request(**kw):
+            return asyncio.run_coroutine_threadsafe(
+                self.fs._call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=_LIST_BATCH, **kw),
+                self.fs.loop)
+
+        pending = request(**({"StartAfter": prefix + start} if start else {}))
+        try:
+            while pending is not None:
+                out = pending.result()
+                pending = request(ContinuationToken=out["NextContinuationToken"]) if out.get("IsTruncated") else None
+                for info in out.get("Contents", []):
+                    key = info["Key"][len(prefix):]
+                    if hi is not None and key >= hi:
+                        return
+                    if not key.endswith("/"):  # a "directory" marker is not an object
+                        yield SourceItem(key, int(info["Size"]), _mtime(info), _etag(info), None)
+        finally:
+            if pending is not None:  # the range ended early, or the caller stopped: not needed
+                pending.cancel()
 
     def _prefixes(self, under: str) -> list[str]:
         """The sorted "directories" directly under `under` (relative to the source, ending "/")."""

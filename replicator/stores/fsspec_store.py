@@ -12,11 +12,14 @@ import os
 import posixpath
 import re
 import uuid
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from replicator.errors import AlreadyExists, NotFound, StoreError, StoreUnreachable
 from replicator.redact import redact
 from replicator.stores.base import check_name
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
@@ -147,7 +150,7 @@ class FsspecStore:
         for name, info in self._found(prefix):
             yield name, int(info["size"])
 
-    def list_times(self, prefix: str = "") -> Iterator[tuple[str, int, "datetime"]]:
+    def list_times(self, prefix: str = "") -> Iterator[tuple[str, int, datetime]]:
         """(name, size, write time as the provider's clock set it): what prune orders snapshots by."""
         for name, info in self._found(prefix):
             yield name, int(info["size"]), _write_time(info)
@@ -251,7 +254,7 @@ def _is_network(e: BaseException) -> bool:
     return mod.startswith(("aiohttp", "botocore", "asyncssh", "azure", "google", "requests", "urllib3"))
 
 
-def _write_time(info: dict) -> "datetime":
+def _write_time(info: dict) -> datetime:
     from datetime import datetime, timezone
 
     for k in ("LastModified", "last_modified", "updated", "mtime", "timeCreated"):

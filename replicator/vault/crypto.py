@@ -17,6 +17,7 @@ can seal blobs it can never open again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -73,9 +74,16 @@ def hkdf(key: bytes, info: bytes, length: int = 32) -> bytes:
 
 def keyed_hash(key: bytes, domain: bytes, data: bytes) -> bytes:
     """HMAC-SHA256 with a domain prefix: blob names and ids that reveal nothing without the key."""
-    h = hmac.new(key, domain + b"\0", hashlib.sha256)
+    h = _keyed_prefix(key, domain).copy()
     h.update(data)
     return h.digest()
+
+
+@functools.lru_cache(maxsize=16)
+def _keyed_prefix(key: bytes, domain: bytes):
+    """The HMAC state after the key and the domain prefix, copied for each hash (chunk ids are hashed
+    thousands of times a second; setting up the key each time costs as much as hashing 1 KiB)."""
+    return hmac.new(key, domain + b"\0", hashlib.sha256)
 
 
 class KekWrap:
