@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -11,12 +12,14 @@ from typing import Callable
 
 from replicator.errors import ReplicatorError
 from replicator.history import History
-from replicator.targets import Unrepresentable
+from replicator.targets import LocalTarget, Unrepresentable
 from replicator.vault.format import ChunkRef
 from replicator.vault.manifest import Entry
 from replicator.vault.vault import Vault
 
 log = logging.getLogger("replicator.restore")
+
+INLINE_BELOW = 256 * 2**10  # local to local: objects smaller than this are written without a thread hop
 
 
 @dataclass
@@ -33,7 +36,7 @@ class RestoreResult:
 
 
 def restore(vault: Vault, job: str, target, at: str | None, prefix: str, dry_run: bool = False,
-            workers: int = 8, progress: Callable[[RestoreResult], None] | None = None) -> RestoreResult:
+            workers: int | None = None, progress: Callable[[RestoreResult], None] | None = None) -> RestoreResult:
     history = History.for_job(vault, job)
     if not history.seqs:
         raise ReplicatorError(f"the vault holds no snapshot of job {job!r}")
@@ -49,6 +52,12 @@ def restore(vault: Vault, job: str, target, at: str | None, prefix: str, dry_run
             return result
 
         packs = _PackReader(vault, state.iter(prefix))
+        # From a vault on a local disk to a local directory nothing is waited on: a thread per core
+        # decrypts large objects, and a small one is written by this thread (threads contending for
+        # the interpreter would only slow it down). Anything remote: 8 requests in flight.
+        local = isinstance(target, LocalTarget) and "://" not in vault.store.url
+        workers = workers or ((os.cpu_count() or 1) if local else 8)
+        inline_below = INLINE_BELOW if local else 0
 
         def one(entry: Entry) -> None:
             target.write(entry.key, (packs.read(ref) for ref in entry.chunks))
@@ -56,12 +65,22 @@ def restore(vault: Vault, job: str, target, at: str | None, prefix: str, dry_run
         with ThreadPoolExecutor(workers, thread_name_prefix="restore") as pool:
             window: list = []
             for entry in state.iter(prefix):
-                window.append((entry, pool.submit(one, entry)))
+                window.append((entry, _here(one, entry) if entry.size < inline_below else pool.submit(one, entry)))
                 if len(window) >= workers * 2:
                     _settle(window.pop(0), result, progress)
             for w in window:
                 _settle(w, result, progress)
     return result
+
+
+def _here(fn, entry: Entry) -> Future:
+    """fn(entry) run now, as a completed future (settled like the pool's)."""
+    fut: Future = Future()
+    try:
+        fut.set_result(fn(entry))
+    except BaseException as e:
+        fut.set_exception(e)
+    return fut
 
 
 def _settle(pair, result: RestoreResult, progress) -> None:

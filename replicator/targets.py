@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import threading
 import unicodedata
@@ -41,6 +42,7 @@ class LocalTarget:
         self._fold = None  # how this file system folds names; probed at the first write
         self._folded: dict[str, str] = {}  # folded name -> key written (only on folding file systems)
         self._dirs: set[Path] = set()  # directories made and found to lie under the root
+        self._tmp_prefix, self._tmp_seq = f".restore-{uuid.uuid4().hex[:16]}-", itertools.count()
         self._lock = threading.Lock()
 
     def path(self, key: str) -> Path:
@@ -60,10 +62,15 @@ class LocalTarget:
         try:
             self._make_dir(p.parent)
             self._claim(key)
-            tmp = p.parent / f".restore-{uuid.uuid4().hex}"
-            with open(tmp, "wb") as f:
+            tmp = p.parent / f"{self._tmp_prefix}{next(self._tmp_seq)}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # os.open: no buffering layer,
+            try:  # nor its extra system calls per file (thousands of small objects)
                 for c in chunks:
-                    f.write(c)
+                    view = memoryview(c)
+                    while view:
+                        view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
             os.replace(tmp, p)  # over a symbolic link, the link itself is replaced: never written through
             tmp = None
         except (NotADirectoryError, IsADirectoryError, FileExistsError):

@@ -172,6 +172,9 @@ def test_expected_errors_are_one_line_with_exit_2(tmp_path, s3_server):
     p.cli("run")
     assert "no job named" in p.cli("run", "--job", "nope", check=2).stderr
     assert "ISO 8601" in p.cli("ls", "prod", "--at", "yesterday-ish", check=2).stderr
+    for cmd in (["run"], ["restore", "prod", "--to", str(tmp_path / "out")]):
+        r = p.cli(*cmd, "--workers", "0", check=2)
+        assert r.stderr == "replicator: error: --workers must be at least 1\n"
 
 
 def test_nothing_in_the_vault_is_ever_overwritten_or_deleted(tmp_path, s3_server):
