@@ -26,6 +26,7 @@ from replicator.breaker import Counts, evaluate, looks_encrypted
 from replicator.catalogue import Catalogue
 from replicator.config import JobConfig
 from replicator.errors import IntegrityError, PrivateKeyNeeded, SourceChanged, SourceError
+from replicator.futures import run_here
 from replicator.history import History
 from replicator.listing import list_source
 from replicator.sources.base import Source, SourceItem
@@ -39,6 +40,7 @@ log = logging.getLogger("replicator.engine")
 
 CHECKPOINT_EVERY = 200  # a checkpoint and at most 199 deltas after it
 PACK_MAX_AGE = 30.0  # seconds a partly filled pack may wait for more small chunks
+INLINE_BELOW = 256 * 2**10  # local files into a local vault: objects smaller than this skip the thread pool
 
 
 @dataclass
@@ -264,6 +266,10 @@ def _copy(vault: Vault, cat: Catalogue, job: str, source: Source, stats: RunStat
             raise
         return [f.result() for f in futures]
 
+    # Local files into a vault on a local disk: nothing is waited on, so a small object is copied by
+    # this thread; threads contending for the interpreter would only slow it down (issue 7).
+    local = getattr(source, "local", False) and "://" not in vault.store.url
+    inline_below = INLINE_BELOW if local else 0
     last_commit = time.monotonic()
     in_flight: dict[Future, SourceItem] = {}
     waiting: list[tuple[SourceItem, list[ChunkRef | Future]]] = []  # copied; some chunks' packs not yet written
@@ -315,7 +321,7 @@ def _copy(vault: Vault, cat: Catalogue, job: str, source: Source, stats: RunStat
                 while len(in_flight) >= workers * 2:
                     done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                     collect(done)
-                in_flight[pool.submit(copy_one, item)] = item
+                in_flight[run_here(copy_one, item) if item.size < inline_below else pool.submit(copy_one, item)] = item
                 if waiting and (len(waiting) >= 500 or time.monotonic() - last_commit > 1.0):
                     packer.flush(older_than=PACK_MAX_AGE)  # a slow trickle still gets recorded
                     flush()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from replicator.errors import ReplicatorError
+from replicator.futures import run_here
 from replicator.history import History
 from replicator.targets import LocalTarget, Unrepresentable
 from replicator.vault.format import ChunkRef
@@ -65,22 +66,12 @@ def restore(vault: Vault, job: str, target, at: str | None, prefix: str, dry_run
         with ThreadPoolExecutor(workers, thread_name_prefix="restore") as pool:
             window: list = []
             for entry in state.iter(prefix):
-                window.append((entry, _here(one, entry) if entry.size < inline_below else pool.submit(one, entry)))
+                window.append((entry, run_here(one, entry) if entry.size < inline_below else pool.submit(one, entry)))
                 if len(window) >= workers * 2:
                     _settle(window.pop(0), result, progress)
             for w in window:
                 _settle(w, result, progress)
     return result
-
-
-def _here(fn, entry: Entry) -> Future:
-    """fn(entry) run now, as a completed future (settled like the pool's)."""
-    fut: Future = Future()
-    try:
-        fut.set_result(fn(entry))
-    except BaseException as e:
-        fut.set_exception(e)
-    return fut
 
 
 def _settle(pair, result: RestoreResult, progress) -> None:
