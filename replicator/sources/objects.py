@@ -13,7 +13,7 @@ from replicator.backoff import Backoff
 from replicator.errors import SourceChanged, SourceError
 from replicator.redact import redact
 from replicator.sources.base import SourceItem
-from replicator.sources.s3_bodies import S3Bodies, status_of as _status
+from replicator.sources.s3_bodies import S3Bodies, status_of
 
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
@@ -458,7 +458,7 @@ def _transient(e: BaseException) -> bool:
         return False
     if isinstance(e, (ConnectionError, TimeoutError)):
         return True
-    status = _status(e)
+    status = status_of(e)
     if status is not None:
         return status >= 500 or status in (408, 429)
     return type(e).__module__.startswith(_NETWORK_MODULES)
