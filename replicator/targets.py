@@ -63,7 +63,7 @@ class LocalTarget:
             self._make_dir(p.parent)
             self._claim(key)
             tmp = p.parent / f"{self._tmp_prefix}{next(self._tmp_seq)}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # os.open: no buffering layer,
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)  # os.open: no buffering,
             try:  # nor its extra system calls per file (thousands of small objects)
                 for c in chunks:
                     view = memoryview(c)

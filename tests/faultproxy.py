@@ -8,8 +8,8 @@
 It reads just enough HTTP/1.1 (request heads, Content-Length, response heads) to place faults
 per request, on keep-alive connections too:
 
-- http_503 / http_500: the request is answered by the proxy *instead of* the server (S3's
-  `SlowDown` / `InternalError` XML, then the connection closes): nothing reached the server.
+- http_503 / http_500 / http_403: the request is answered by the proxy *instead of* the server (S3's
+  `SlowDown` / `InternalError` / `AccessDenied` XML, then the connection closes): nothing reached the server.
 - reset_request: the connection is reset when a request arrives: nothing reached the server.
 - reset_before_response: the server did the request, then the connection is reset before any
   byte of its answer: the client cannot tell whether it happened (a retried put finds its own
@@ -38,6 +38,7 @@ from typing import Callable
 _ERRORS = {
     503: ("Slow Down", "SlowDown", "Please reduce your request rate."),
     500: ("Internal Server Error", "InternalError", "We encountered an internal error. Please try again."),
+    403: ("Forbidden", "AccessDenied", "Access Denied"),
 }
 
 
@@ -48,6 +49,7 @@ class Faults:
     reset_request: float = 0.0
     http_503: float = 0.0
     http_500: float = 0.0
+    http_403: float = 0.0
     latency: float = 0.0
     bandwidth: float | None = None
     only: Callable[[str, str], bool] | None = None
@@ -224,7 +226,7 @@ class _Conn:
                     self.p.ranges.append((req.target, req.range))
                 only = self.p.faults.only
                 req.eligible = only is None or only(req.method, req.target)  # asked once per request
-                kind = self.p._draw(req, "http_503", "http_500", "reset_request")
+                kind = self.p._draw(req, "http_503", "http_500", "http_403", "reset_request")
                 if kind == "reset_request":
                     self.p.injected[kind] += 1
                     _reset(self.cwriter)

@@ -87,11 +87,11 @@ def test_verify_finds_a_deleted_or_replaced_manifest(tmp_path, s3_server):
 
 
 def test_kill_9_during_a_run_then_resume(tmp_path, s3_server):
-    objects = {f"many/{i:04d}.bin": os.urandom(20_000) for i in range(400)}
+    objects = {f"many/{i:04d}.bin": os.urandom(20_000) for i in range(1200)}
     p, fs, bucket = make_project(tmp_path, s3_server)
     fill(fs, bucket, objects)
     p.cli("init")
-    proc = p.popen("run", "--workers", "2")
+    proc = p.popen("run", "--workers", "1")  # slow enough to be caught with copies recorded, not finished
     db = tmp_path / "state" / "catalogue.db"
     deadline = time.monotonic() + 60
     pending = 0

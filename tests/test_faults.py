@@ -394,6 +394,8 @@ def test_a_body_that_breaks_mid_way_resumes_from_the_byte_it_reached(s3_server, 
     finally:
         proxy.stop()
     assert proxy.injected["reset_mid_body"] == 4
+    gets = [t for t, _ in proxy.ranges if t.startswith(f"/{b}/obj")]
+    assert all("X-Amz-Algorithm=AWS4-HMAC-SHA256" in t for t in gets), gets  # read directly, presigned (v4)
     ranges = 1  # one GET of the whole object, however many chunks (a large one is streamed)
     assert proxy.object_gets()[f"/{b}/obj"] == ranges + 4  # one more GET per break
     # each resume asks only for the rest, from the byte it reached: never an earlier offset (the same
@@ -402,6 +404,28 @@ def test_a_body_that_breaks_mid_way_resumes_from_the_byte_it_reached(s3_server, 
     starts = [0 if r is None else int(r.split("=")[1].split("-")[0]) for t, r in proxy.ranges if t.startswith(f"/{b}/obj")]
     assert starts == sorted(starts) and len(set(starts)) >= 3 and len(starts) == ranges + 4, starts
     figures.record("resume-mid-body", size=size, breaks=4, gets=ranges + 4)
+
+
+def test_a_direct_get_the_endpoint_refuses_is_made_again_through_s3fs(s3_server, bucket):
+    """A presigned GET answered 403 (a signature the endpoint does not take, a denial explained only
+    to the SDK) is asked again through s3fs; once s3fs succeeds, it reads the source from then on."""
+    fs, b = bucket
+    data = {k: os.urandom(50_000) for k in ("one", "two", "big")}
+    data["big"] = os.urandom(9 * MiB)
+    for k, v in data.items():
+        fs.pipe_file(f"{b}/{k}", v)
+    presigned = lambda method, target: method == "GET" and "X-Amz-Signature=" in target  # noqa: E731
+    proxy = FaultProxy(*upstream(s3_server), Faults(http_403=1.0, only=presigned), seed=1).start()
+    try:
+        src = s3_source(s3_server, b, proxy.url)
+        items = {i.key: i for i in src.list()}
+        assert b"".join(src.read(items["one"], 4 * MiB)) == data["one"]
+        assert src._bodies._http is None  # s3fs reads this source now
+        assert b"".join(src.read(items["two"], 4 * MiB)) == data["two"]
+        assert b"".join(src.read(items["big"], 4 * MiB)) == data["big"]
+    finally:
+        proxy.stop()
+    assert proxy.injected["http_403"] == 1  # only the first, direct, GET was refused
 
 
 def test_an_object_rewritten_or_deleted_between_ranges_is_source_changed(s3_server, bucket):

@@ -4,22 +4,27 @@ s3fs runs every request on its one event-loop thread: with 8 copy threads, every
 through that thread, which also competes for the interpreter with the threads that hash, compress
 and seal. Measured here on 40 objects of 8 MiB from a moto server: 0.69 s through s3fs, 0.30 s
 through 8 threads with their own connections. So each GET is presigned by s3fs's own client (the
-same credentials, endpoint, region and signature; If-Match and Range travel as plain headers) and
-fetched with urllib3 in the calling thread, which reads its socket with the interpreter released.
+same credentials, endpoint and region, signature version 4; If-Match and Range travel as plain
+headers) and fetched with urllib3 in the calling thread, which reads its socket with the
+interpreter released.
 
 Where something else must travel with the request, s3fs reads as before: an HTTP(S) proxy for the
-endpoint, or additional S3 arguments (SSE-C keys, requester pays, ...) in the source options.
+endpoint, additional S3 arguments (SSE-C keys, requester pays, ...), or proxies or a client
+certificate in config_kwargs.
 
 Both kinds of body offer `fill(buf, n)` (append until buf holds n bytes or the body ends) and
-`close()`. Errors: 412 (the object is no longer the listed one) is SourceChanged; 404 is
-FileNotFoundError, 403 PermissionError; other statuses are S3StatusError with `.status`, which
-the source's retry rules read (5xx, 408 and 429 are retried).
+`close()`. Errors of a direct GET: 412 (the object is no longer the listed one) is SourceChanged;
+404 is FileNotFoundError; 5xx, 408 and 429 are S3StatusError with `.status` (the source's retry
+rules retry them). Any other answer (a redirect to another region, a signature the endpoint
+refuses, a denial) sends the request again through s3fs, whose errors are then the real ones; if
+s3fs succeeds where the direct GET did not, s3fs reads this source from then on.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import threading
 import urllib.request
 from typing import Any
 from urllib.parse import urlparse, urlsplit
@@ -31,7 +36,17 @@ from replicator.errors import SourceChanged
 PIECE = 256 * 1024  # bytes read at a time (what a broken connection loses)
 PRESIGN_SECONDS = 3600
 _CODE = re.compile(rb"<Code>([^<]{1,64})</Code>")
-_ELSEWHERE = {"PermanentRedirect", "TemporaryRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"}
+_UNDECIDED = object()
+_SIGV4_HANDLER = "replicator-presign-sigv4"
+
+
+def _presign_with_sigv4(signature_version, **kwargs):
+    """choose-signer handler: keep signature version 4 for presigned URLs (botocore's own handler
+    would turn it into version 2); anything else (unsigned, v4a) is left to the next handler."""
+    if isinstance(signature_version, str) and signature_version.startswith(("s3v4", "v4")) \
+            and not signature_version.startswith("v4a"):
+        return signature_version
+    return None
 
 
 class S3StatusError(OSError):
@@ -47,13 +62,15 @@ class S3Bodies:
 
     def __init__(self, fs, bucket: str):
         self.fs, self.bucket = fs, bucket
-        self.http = _pool(fs) if _direct(fs) else None
+        self._http: Any = _UNDECIDED  # urllib3 pool, or None: s3fs reads (decided at the first GET)
+        self._lock = threading.Lock()
 
     def open(self, key: str, etag: str | None, version: str | None, byte_range: str | None):
         """The body of a GET of the listed version (its VersionId, If-Match its ETag) of `key`, from
         `byte_range` (`bytes=START-` or `bytes=START-END`) or whole; SourceChanged if it changed."""
-        if self.http is None:
-            return _LoopBody(self.fs.loop, sync(self.fs.loop, self._s3fs_get, key, etag, version, byte_range))
+        http = self._pool()
+        if http is None:
+            return self._s3fs_body(key, etag, version, byte_range)
         url = sync(self.fs.loop, self._presign, key, version)
         headers = {}
         if etag:
@@ -62,24 +79,40 @@ class S3Bodies:
             headers["Range"] = byte_range
         # The target exactly as signed: a request by URL would resolve `.` and `..` in it, and keys may hold those.
         u = urlsplit(url)
-        pool = self.http.connection_from_host(u.hostname, u.port, u.scheme)
+        pool = http.connection_from_host(u.hostname, u.port, u.scheme)
         resp = pool.urlopen("GET", f"{u.path}?{u.query}", headers=headers, preload_content=False, retries=False,
                             redirect=False, decode_content=False, assert_same_host=False)
-        if resp.status >= 300:
-            try:
-                found = _CODE.search(resp.read(4096) or b"")
-            finally:
-                resp.release_conn()
-            code = found.group(1).decode(errors="replace") if found else ""
-            if resp.status in (301, 307) or code in _ELSEWHERE:  # another region: s3fs knows how to follow
-                self.http = None
-                return self.open(key, etag, version, byte_range)
+        if resp.status < 300:
+            return _ThreadBody(resp)
+        try:
+            found = _CODE.search(resp.read(4096) or b"")
+        finally:
+            resp.close()  # an error's body may be longer than what was read: not for the next request
+        code = found.group(1).decode(errors="replace") if found else ""
+        if resp.status in (404, 412) or resp.status >= 500 or resp.status in (408, 429):
             _raise(resp.status, code, key, etag)
-        return _ThreadBody(resp)
+        # Anything else (a redirect to another region, a signature this endpoint refuses, a denial
+        # the provider explains only to its own client): ask s3fs, whose errors are the real ones;
+        # where s3fs succeeds, it reads this source from now on.
+        body = self._s3fs_body(key, etag, version, byte_range)
+        self._http = None
+        return body
+
+    def _pool(self):
+        with self._lock:
+            if self._http is _UNDECIDED:
+                self._http = _pool(self.fs) if _direct(self.fs) else None
+            return self._http
+
+    def _s3fs_body(self, key: str, etag: str | None, version: str | None, byte_range: str | None) -> "_LoopBody":
+        return _LoopBody(self.fs.loop, sync(self.fs.loop, self._s3fs_get, key, etag, version, byte_range))
 
     async def _presign(self, key: str, version: str | None) -> str:
         await self.fs.set_session()
         client = await self.fs.get_s3(self.bucket)
+        # botocore presigns S3 URLs with signature version 2 where a region still takes it; AWS
+        # refuses that for newer buckets and KMS-encrypted objects, others (B2, R2) altogether.
+        client.meta.events.register_first("choose-signer.s3", _presign_with_sigv4, unique_id=_SIGV4_HANDLER)
         params = {"Bucket": self.bucket, "Key": key}
         if version:
             params["VersionId"] = version
@@ -107,8 +140,6 @@ def _raise(status: int, code: str, key: str, etag: str | None):
         raise SourceChanged(f"{key!r} changed while it was read (its ETag is no longer {etag})")
     if status == 404:
         raise FileNotFoundError(f"{key!r}: not found ({code or 'HTTP 404'})")
-    if status == 403:
-        raise PermissionError(f"{key!r}: access denied ({code or 'HTTP 403'})")
     raise S3StatusError(status, code)
 
 
@@ -175,6 +206,9 @@ def _direct(fs) -> bool:
     send (no additional S3 arguments) and no proxy between here and the endpoint."""
     if getattr(fs, "s3_additional_kwargs", None) or getattr(fs, "req_kw", None):
         return False
+    config = getattr(fs, "config_kwargs", None) or {}
+    if any(config.get(k) for k in ("proxies", "proxies_config", "client_cert")):
+        return False
     host = urlparse(_endpoint(fs) or "https://s3.amazonaws.com").hostname or ""
     return not urllib.request.getproxies() or bool(urllib.request.proxy_bypass(host))
 
@@ -185,7 +219,7 @@ def _endpoint(fs) -> str | None:
 
 def _pool(fs):
     """urllib3 connections verified as botocore verifies them: `verify` in client_kwargs (False, or
-    a CA bundle), else $AWS_CA_BUNDLE, else botocore's default bundle."""
+    a CA bundle), else the session's ca_bundle ($AWS_CA_BUNDLE, the profile), else botocore's own."""
     import urllib3
     from botocore.httpsession import get_cert_path
 
@@ -193,7 +227,9 @@ def _pool(fs):
     timeout = urllib3.Timeout(connect=_config(fs, "connect_timeout", 60), read=_config(fs, "read_timeout", 60))
     if verify is False:
         return urllib3.PoolManager(maxsize=32, cert_reqs="CERT_NONE", timeout=timeout)
-    bundle = verify if isinstance(verify, str) else os.environ.get("AWS_CA_BUNDLE") or get_cert_path(True)
+    session = getattr(fs, "session", None)  # its ca_bundle: $AWS_CA_BUNDLE or the profile's setting
+    configured = session.get_config_variable("ca_bundle") if session is not None else os.environ.get("AWS_CA_BUNDLE")
+    bundle = verify if isinstance(verify, str) else configured or get_cert_path(True)
     return urllib3.PoolManager(maxsize=32, cert_reqs="CERT_REQUIRED", ca_certs=bundle, timeout=timeout)
 
 
