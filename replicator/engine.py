@@ -26,7 +26,7 @@ from replicator.breaker import Counts, evaluate, looks_encrypted
 from replicator.catalogue import Catalogue
 from replicator.config import JobConfig
 from replicator.errors import IntegrityError, PrivateKeyNeeded, SourceChanged, SourceError
-from replicator.futures import run_here
+from replicator.futures import INLINE_BELOW, run_here
 from replicator.history import History
 from replicator.listing import list_source
 from replicator.sources.base import Source, SourceItem
@@ -40,7 +40,6 @@ log = logging.getLogger("replicator.engine")
 
 CHECKPOINT_EVERY = 200  # a checkpoint and at most 199 deltas after it
 PACK_MAX_AGE = 30.0  # seconds a partly filled pack may wait for more small chunks
-INLINE_BELOW = 256 * 2**10  # local files into a local vault: objects smaller than this skip the thread pool
 
 
 @dataclass

@@ -8,6 +8,8 @@ from typing import Callable, TypeVar
 
 T = TypeVar("T")
 
+INLINE_BELOW = 256 * 2**10  # between local disks, objects smaller than this skip the thread pools
+
 
 def run_here(fn: Callable[..., T], *args) -> "Future[T]":
     """fn(*args), run now; its result or exception in a completed future."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from replicator.errors import ReplicatorError
-from replicator.futures import run_here
+from replicator.futures import INLINE_BELOW, run_here
 from replicator.history import History
 from replicator.targets import LocalTarget, Unrepresentable
 from replicator.vault.format import ChunkRef
@@ -19,8 +19,6 @@ from replicator.vault.manifest import Entry
 from replicator.vault.vault import Vault
 
 log = logging.getLogger("replicator.restore")
-
-INLINE_BELOW = 256 * 2**10  # local to local: objects smaller than this are written without a thread hop
 
 
 @dataclass

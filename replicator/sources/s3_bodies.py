@@ -50,7 +50,7 @@ def _presign_with_sigv4(signature_version, **kwargs):
 
 
 class S3StatusError(OSError):
-    """A GET answered with an error status other than 403, 404 and 412."""
+    """A direct GET answered 5xx, 408 or 429: retried by the source's backoff."""
 
     def __init__(self, status: int, code: str):
         super().__init__(f"GET failed: HTTP {status} {code}".rstrip())
