@@ -30,6 +30,7 @@ from replicator.futures import INLINE_BELOW, run_here
 from replicator.history import History
 from replicator.listing import list_source
 from replicator.sources.base import Source, SourceItem
+from replicator.stores.base import is_local
 from replicator.units import format_time_precise
 from replicator.vault.format import CHUNK_SIZE, PAGE_SIZE, ChunkRef
 from replicator.vault.manifest import SnapshotRoot, encode_blob_lists, encode_pages
@@ -267,7 +268,7 @@ def _copy(vault: Vault, cat: Catalogue, job: str, source: Source, stats: RunStat
 
     # Local files into a vault on a local disk: nothing is waited on, so a small object is copied by
     # this thread; threads contending for the interpreter would only slow it down (issue 7).
-    local = getattr(source, "local", False) and "://" not in vault.store.url
+    local = getattr(source, "local", False) and is_local(vault.store)
     inline_below = INLINE_BELOW if local else 0
     last_commit = time.monotonic()
     in_flight: dict[Future, SourceItem] = {}

@@ -13,6 +13,7 @@ from typing import Callable
 from replicator.errors import ReplicatorError
 from replicator.futures import INLINE_BELOW, run_here
 from replicator.history import History
+from replicator.stores.base import is_local
 from replicator.targets import LocalTarget, Unrepresentable
 from replicator.vault.format import ChunkRef
 from replicator.vault.manifest import Entry
@@ -54,7 +55,7 @@ def restore(vault: Vault, job: str, target, at: str | None, prefix: str, dry_run
         # From a vault on a local disk to a local directory nothing is waited on: a thread per core
         # decrypts large objects, and a small one is written by this thread (threads contending for
         # the interpreter would only slow it down). Anything remote: 8 requests in flight.
-        local = isinstance(target, LocalTarget) and "://" not in vault.store.url
+        local = isinstance(target, LocalTarget) and is_local(vault.store)
         workers = workers or ((os.cpu_count() or 1) if local else 8)
         inline_below = INLINE_BELOW if local else 0
 

@@ -101,7 +101,7 @@ class S3Bodies:
     def _pool(self):
         with self._lock:
             if self._http is _UNDECIDED:
-                self._http = _pool(self.fs) if _direct(self.fs) else None
+                self._http = _new_pool(self.fs) if _direct(self.fs) else None
             return self._http
 
     def _s3fs_body(self, key: str, etag: str | None, version: str | None, byte_range: str | None) -> "_LoopBody":
@@ -217,7 +217,7 @@ def _endpoint(fs) -> str | None:
     return fs.client_kwargs.get("endpoint_url") or getattr(fs, "endpoint_url", None)
 
 
-def _pool(fs):
+def _new_pool(fs):
     """urllib3 connections verified as botocore verifies them: `verify` in client_kwargs (False, or
     a CA bundle), else the session's ca_bundle ($AWS_CA_BUNDLE, the profile), else botocore's own."""
     import urllib3

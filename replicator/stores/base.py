@@ -47,6 +47,12 @@ def check_name(name: str) -> str:
     return name
 
 
+def is_local(store) -> bool:
+    """Whether a store is a directory on this host: a LocalStore's url is its path, every other
+    store's (and every wrapper's, which copies it) a URL with a scheme."""
+    return "://" not in store.url
+
+
 class Store(Protocol):
     url: str  # for messages; never carries credentials
 
