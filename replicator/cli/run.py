@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import time
-
 from typing import TYPE_CHECKING
 
 from replicator.cli.context import human_bytes
