@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from replicator.errors import StoreError
+from replicator.local_io import write_all
 from replicator.redact import redact
 
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
@@ -66,9 +67,7 @@ class LocalTarget:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)  # os.open: no buffering,
             try:  # nor its extra system calls per file (thousands of small objects)
                 for c in chunks:
-                    view = memoryview(c)
-                    while view:
-                        view = view[os.write(fd, view):]
+                    write_all(fd, c)
             finally:
                 os.close(fd)
             os.replace(tmp, p)  # over a symbolic link, the link itself is replaced: never written through

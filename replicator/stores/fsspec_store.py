@@ -61,6 +61,7 @@ class FsspecStore:
         """`provider_args` go to the provider's create-only write as they are (stores/retention.py
         passes S3 Object Lock and Azure immutability-policy arguments this way)."""
         path = self._path(name)
+        data = bytes(data)  # blobs are sealed into a bytearray; not every provider's SDK takes one (adlfs)
         if provider_args and self.protocol not in _CREATE_MODE:
             raise ValueError(f"{self.protocol} stores take no provider arguments on put")
         with self._errors(name):

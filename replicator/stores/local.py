@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterator
 
 from replicator.errors import AlreadyExists, NotFound, StoreError, StoreUnreachable
+from replicator.local_io import drop_cached, write_all
 from replicator.stores.base import check_name
 
 
@@ -31,10 +32,9 @@ class LocalStore:
             final.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
+                write_all(fd, data)
                 os.fsync(fd)
+                drop_cached(fd)  # on disk now; the next blob reuses these pages
             finally:
                 os.close(fd)
             try:
@@ -54,7 +54,9 @@ class LocalStore:
         try:
             with open(self._path(name), "rb") as f:
                 f.seek(offset)
-                return f.read() if length is None else f.read(length)
+                data = f.read() if length is None else f.read(length)
+                drop_cached(f.fileno(), offset, len(data))  # read once (restore, verify): not kept
+                return data
         except (IsADirectoryError, NotADirectoryError):  # a name prefix, or a path through an object
             raise NotFound(f"{name} not found in {self.url}") from None
         except OSError as e:

@@ -144,13 +144,13 @@ def _unwrap(kek: bytes, wrapped: bytes) -> bytes:
 
 
 def seal(plaintext: bytes, kek: bytes, key_id: bytes, rng: Random = os.urandom,
-         segment_size: int = SEGMENT_SIZE) -> bytes:
+         segment_size: int = SEGMENT_SIZE) -> bytearray:
     """Encrypt plaintext into one self-contained blob, its data key wrapped under `kek`."""
     return seal_with(plaintext, KekWrap(kek, key_id), rng, segment_size)
 
 
 def seal_with(plaintext: bytes, wrapper: "KekWrap | PublicWrap", rng: Random = os.urandom,
-              segment_size: int = SEGMENT_SIZE) -> bytes:
+              segment_size: int = SEGMENT_SIZE) -> bytearray:
     """Encrypt plaintext into one self-contained blob, its data key wrapped by `wrapper`."""
     dek = rng(32)
     wrapped = wrapper.wrap_dek(dek, rng)
@@ -158,13 +158,14 @@ def seal_with(plaintext: bytes, wrapper: "KekWrap | PublicWrap", rng: Random = o
         rng(7), segment_size, len(plaintext))
     header = parse_header(raw)
     aead = AESGCM(dek)
-    out = [raw]
+    out = bytearray(header.ciphertext_len())  # sealed in place: no copy per segment, no join
+    out[:len(raw)] = raw
+    src, dst, pos = memoryview(plaintext), memoryview(out), len(raw)
     n = header.segments()
-    view = memoryview(plaintext)
     for i in range(n):
-        seg = view[i * segment_size:(i + 1) * segment_size]
-        out.append(aead.encrypt(_nonce(header.nonce_prefix, i, i == n - 1), bytes(seg), raw))
-    return b"".join(out)
+        seg = src[i * segment_size:(i + 1) * segment_size]
+        pos += aead.encrypt_into(_nonce(header.nonce_prefix, i, i == n - 1), seg, raw, dst[pos:pos + len(seg) + TAG_SIZE])
+    return out
 
 
 def parse_header(data: bytes) -> Header:
@@ -188,7 +189,7 @@ def parse_header(data: bytes) -> Header:
     return Header(key_id, wrap, wrapped, prefix, seg, plen, bytes(data[:end]))
 
 
-def open_blob(blob: bytes, kek: bytes) -> bytes:
+def open_blob(blob: bytes, kek: bytes) -> bytearray:
     """Decrypt a whole blob sealed under `kek`; IntegrityError if anything was altered, truncated or extended."""
     header = parse_header(blob)
     if header.wrap != WRAP_AES_KW:
@@ -196,33 +197,39 @@ def open_blob(blob: bytes, kek: bytes) -> bytes:
     return open_with_dek(blob, header, _unwrap(kek, header.wrapped_dek))
 
 
-def open_with_dek(blob: bytes | memoryview, header: Header, dek: bytes) -> bytes:
+def open_with_dek(blob: bytes | memoryview, header: Header, dek: bytes) -> bytearray:
     """Decrypt a whole blob whose data key is already unwrapped."""
     if len(blob) != header.ciphertext_len():
         raise IntegrityError(f"blob is {len(blob)} bytes, its header says {header.ciphertext_len()}")
     return decrypt_with_dek(header, dek, 0, memoryview(blob)[header.size:])
 
 
-def decrypt_segments(header: Header, kek: bytes, first: int, data: bytes | memoryview) -> bytes:
+def decrypt_segments(header: Header, kek: bytes, first: int, data: bytes | memoryview) -> bytearray:
     """Decrypt consecutive segments starting at index `first` (random access into a blob)."""
     return decrypt_with_dek(header, _unwrap(kek, header.wrapped_dek), first, data)
 
 
-def decrypt_with_dek(header: Header, dek: bytes, first: int, data: bytes | memoryview) -> bytes:
+def decrypt_with_dek(header: Header, dek: bytes, first: int, data: bytes | memoryview) -> bytearray:
     """Decrypt consecutive segments from index `first`, given the blob's unwrapped data key."""
     aead = AESGCM(dek)
     n = header.segments()
     step = header.segment_size + TAG_SIZE
-    out = []
-    for j, pos in enumerate(range(0, len(data), step)):
-        i = first + j
-        if i >= n:
-            raise IntegrityError("blob has more segments than its header says")
+    src = memoryview(data)
+    pieces = range(0, len(src), step)
+    if first + len(pieces) > n:
+        raise IntegrityError("blob has more segments than its header says")
+    out = bytearray(max(0, len(src) - len(pieces) * TAG_SIZE))  # opened in place, as sealed
+    dst, pos = memoryview(out), 0
+    for j, at in enumerate(pieces):
+        i, piece = first + j, src[at:at + step]
         try:
-            out.append(aead.decrypt(_nonce(header.nonce_prefix, i, i == n - 1), bytes(data[pos:pos + step]), header.raw))
+            if len(piece) < TAG_SIZE:
+                raise InvalidTag
+            pos += aead.decrypt_into(_nonce(header.nonce_prefix, i, i == n - 1), piece, header.raw,
+                                     dst[pos:pos + len(piece) - TAG_SIZE])
         except InvalidTag:
             raise IntegrityError(f"segment {i} failed authentication") from None
-    return b"".join(out)
+    return out
 
 
 def _nonce(prefix: bytes, index: int, last: bool) -> bytes:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import struct
+import threading
 from dataclasses import dataclass
 
 import zstandard
@@ -32,6 +33,8 @@ ENC_ZSTD = 1
 _LEN = struct.Struct(">Q")
 _ZSTD_LEVEL = 3
 _MAX_RECORD = 64 * 2**20
+_REUSE_BELOW = 512 * 2**10  # records smaller than this share a per-thread (de)compressor
+_zstd = threading.local()
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -67,7 +70,7 @@ def frame(payload: bytes) -> bytes:
     return _LEN.pack(len(payload)) + payload + bytes(total - _LEN.size - len(payload))
 
 
-def unframe(plaintext: bytes) -> bytes:
+def unframe(plaintext: bytes | bytearray) -> bytes:
     if len(plaintext) < _LEN.size:
         raise IntegrityError("blob plaintext too short")
     (n,) = _LEN.unpack_from(plaintext)
@@ -75,13 +78,35 @@ def unframe(plaintext: bytes) -> bytes:
         raise IntegrityError("blob payload length exceeds the blob")
     if any(plaintext[_LEN.size + n:]):
         raise IntegrityError("blob padding is not zero")
-    return plaintext[_LEN.size:_LEN.size + n]
+    return bytes(memoryview(plaintext)[_LEN.size:_LEN.size + n])
+
+
+def _compressor(size: int) -> zstandard.ZstdCompressor:
+    """Making a compressor costs more than compressing a small record with it (15 us against 5 us
+    for 8 KiB), so small records share one per thread; a large one gets its own, so that no thread
+    keeps the working memory of a 4 MiB chunk."""
+    if size >= _REUSE_BELOW:
+        return zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
+    c = getattr(_zstd, "c", None)
+    if c is None:
+        c = _zstd.c = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
+    return c
+
+
+def _decompressor(size: int) -> zstandard.ZstdDecompressor:
+    """As _compressor: 9 us to make one, 1 us to decompress 8 KiB with it."""
+    if size >= _REUSE_BELOW:
+        return zstandard.ZstdDecompressor()
+    d = getattr(_zstd, "d", None)
+    if d is None:
+        d = _zstd.d = zstandard.ZstdDecompressor()
+    return d
 
 
 def encode_record(data: bytes, compress: bool = True) -> bytes:
     """One record: zstd when it saves at least 3%, else raw."""
     if compress and len(data) >= 64:
-        z = zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(data)
+        z = _compressor(len(data)).compress(data)
         if len(z) < len(data) * 0.97:
             return bytes([ENC_ZSTD]) + z
     return bytes([ENC_RAW]) + data
@@ -92,7 +117,7 @@ def framed_record(data: bytes, compress: bool = True) -> tuple[bytearray, int]:
     chunk costs one plaintext allocation less); returns (plaintext, record length)."""
     body, enc = data, ENC_RAW
     if compress and len(data) >= 64:
-        z = zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(data)
+        z = _compressor(len(data)).compress(data)
         if len(z) < len(data) * 0.97:
             body, enc = z, ENC_ZSTD
         del z
@@ -104,7 +129,7 @@ def framed_record(data: bytes, compress: bool = True) -> tuple[bytearray, int]:
     return out, n
 
 
-def decode_record(record: bytes, expected_size: int) -> bytes:
+def decode_record(record: bytes | memoryview, expected_size: int) -> bytes:
     if not record:
         raise IntegrityError("empty record")
     enc, body = record[0], record[1:]
@@ -117,7 +142,7 @@ def decode_record(record: bytes, expected_size: int) -> bytes:
             # A frame header may declare its size; decompress() would allocate whatever it says.
             if zstandard.frame_content_size(body) not in (-1, expected_size):
                 raise IntegrityError(f"record declares a size other than the expected {expected_size}")
-            data = zstandard.ZstdDecompressor().decompress(body, max_output_size=expected_size,
+            data = _decompressor(expected_size).decompress(body, max_output_size=expected_size,
                                                            allow_extra_data=False)  # exactly one frame
         except zstandard.ZstdError as e:
             raise IntegrityError(f"record does not decompress: {e}") from None

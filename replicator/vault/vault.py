@@ -252,8 +252,7 @@ class Vault:
             if ref.offset + ref.length > payload_len:
                 raise IntegrityError(f"record at {ref.offset} runs past the blob")
         base = first * header.segment_size
-        record = plain[start - base:end - base]
-        return self._decoded(record, ref)
+        return self._decoded(memoryview(plain)[start - base:end - base], ref)
 
     def _segments(self, name: str, header: crypto.Header, ref: ChunkRef, start: int, end: int) -> tuple[int, bytes]:
         """(index of the first, ciphertext) of the segments holding plaintext bytes start..end."""
@@ -269,7 +268,7 @@ class Vault:
             raise IntegrityError(f"stored size differs from the recorded {ref.blob_size} (truncated)")
         return first, data
 
-    def _decoded(self, record: bytes, ref: ChunkRef) -> bytes:
+    def _decoded(self, record: bytes | memoryview, ref: ChunkRef) -> bytes:
         if len(record) != ref.length:
             raise IntegrityError(f"record at {ref.offset} runs past the blob")
         data = decode_record(record, ref.size)
@@ -289,7 +288,7 @@ class Vault:
     def chunk_in(self, payload: bytes, ref: ChunkRef) -> bytes:
         """The chunk `ref` places in `payload` (read_payload of ref.blob), decoded and hash-checked."""
         try:
-            return self._decoded(payload[ref.offset:ref.offset + ref.length], ref)
+            return self._decoded(memoryview(payload)[ref.offset:ref.offset + ref.length], ref)
         except IntegrityError as e:
             raise IntegrityError(f"{data_name(ref.blob)}: {e}") from None
 
