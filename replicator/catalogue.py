@@ -131,8 +131,12 @@ class Catalogue:
         return n
 
     def entries(self, job: str) -> Iterator[Entry]:
-        for row in self.db.execute("SELECT key, size, mtime, etag, version, chunks FROM entries WHERE job=? ORDER BY key", (job,)):
+        for row in self.entry_rows(job):
             yield _entry(row)
+
+    def entry_rows(self, job: str) -> Iterator[tuple]:
+        """A job's live entries as rows (key, size, mtime, etag, version, chunks JSON), in key order."""
+        return self.db.execute("SELECT key, size, mtime, etag, version, chunks FROM entries WHERE job=? ORDER BY key", (job,))
 
     def live_count(self, job: str) -> int:
         return self.db.execute("SELECT count(*) FROM entries WHERE job=?", (job,)).fetchone()[0]
@@ -140,8 +144,7 @@ class Catalogue:
     # -- chunks ---------------------------------------------------------------------
 
     def add_chunks(self, refs: Iterable[ChunkRef]) -> None:
-        self.db.executemany("INSERT OR IGNORE INTO chunks VALUES(?, ?)",
-                            [(r.id, json.dumps(r.to_json())) for r in refs])
+        self.db.executemany("INSERT OR IGNORE INTO chunks VALUES(?, ?)", [(r.id, r.json_text()) for r in refs])
 
     def chunk(self, chunk_id: str) -> ChunkRef | None:
         row = self.db.execute("SELECT ref FROM chunks WHERE id=?", (chunk_id,)).fetchone()
@@ -244,9 +247,12 @@ class Catalogue:
                   AND NOT EXISTS (SELECT 1 FROM pending b WHERE b.job=:job AND b.key=a.key AND {same("a", "b")})"""
         return tuple(self.db.execute(q, {"job": job}).fetchone())
 
-    def add_pending(self, job: str, item: SourceItem, refs: list[ChunkRef]) -> None:
-        self.db.execute("INSERT OR REPLACE INTO pending VALUES(?,?,?,?,?,?,?)",
-                        (job, item.key, item.size, item.mtime, item.etag, item.version, _refs_json(refs)))
+    def add_copied(self, job: str, copied: list[tuple[SourceItem, list[ChunkRef]]]) -> None:
+        """Record copied items as pending and index their chunks: together, so that every pending
+        item's chunks are in the chunk index (apply_delta counts on it)."""
+        self.db.executemany("INSERT OR REPLACE INTO pending VALUES(?,?,?,?,?,?,?)",
+                            [(job, i.key, i.size, i.mtime, i.etag, i.version, _refs_json(refs)) for i, refs in copied])
+        self.add_chunks(r for _, refs in copied for r in refs)
 
     def prepare_delta(self, job: str) -> int:
         """Fix what the next snapshot records into table `delta`: copied items that match the
@@ -268,8 +274,19 @@ class Catalogue:
 
     def delta(self) -> Iterator[Entry]:
         """The prepared delta, in key order."""
-        for row in self.db.execute("SELECT key, size, mtime, etag, version, chunks, deleted FROM delta ORDER BY key"):
+        for row in self.delta_rows():
             yield Entry(row[0], 0, deleted=True) if row[6] else _entry(row[:6])
+
+    def delta_rows(self) -> Iterator[tuple]:
+        """The prepared delta as rows (key, size, mtime, etag, version, chunks JSON, deleted), in key order."""
+        return self.db.execute("SELECT key, size, mtime, etag, version, chunks, deleted FROM delta ORDER BY key")
+
+    def apply_delta(self, job: str) -> None:
+        """Apply the prepared delta to the job's entries, in SQL: apply(job, delta()) without reading
+        a row into Python. Its chunks are indexed already (add_copied)."""
+        self.db.execute("DELETE FROM entries WHERE job=? AND key IN (SELECT key FROM delta WHERE deleted=1)", (job,))
+        self.db.execute("INSERT OR REPLACE INTO entries SELECT ?, key, size, mtime, etag, version, chunks"
+                        " FROM delta WHERE deleted=0", (job,))
 
     def delta_counts(self) -> tuple[int, int, int]:
         """(changed, their bytes, tombstones) in the prepared delta."""
@@ -470,7 +487,7 @@ _LISTING = "listing-progress:"
 
 
 def _refs_json(refs: Iterable[ChunkRef]) -> str:
-    return json.dumps([r.to_json() for r in refs], separators=(",", ":"))
+    return "[" + ",".join(r.json_text() for r in refs) + "]"
 
 
 def _entry(row) -> Entry:

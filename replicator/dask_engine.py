@@ -70,17 +70,17 @@ class DaskCopier:
                     raise
                 except Exception as e:  # KilledWorker after Dask's retries, a lost connection, ...
                     raise StoreError(f"a Dask copy task failed: {type(e).__name__}: {e}") from None
+                copied = []
+                for fields, refs, problem in done:
+                    item = SourceItem(*fields)
+                    if problem is not None:
+                        (stats.warnings if problem[0] == "changed" else stats.errors).append(problem[1])
+                        continue
+                    copied.append((item, [ChunkRef.from_json(r) for r in refs]))
+                    stats.copied += 1
+                    stats.copied_bytes += item.size
                 with cat.transaction():
-                    for fields, refs, problem in done:
-                        item = SourceItem(*fields)
-                        if problem is not None:
-                            (stats.warnings if problem[0] == "changed" else stats.errors).append(problem[1])
-                            continue
-                        chunk_refs = [ChunkRef.from_json(r) for r in refs]
-                        cat.add_pending(job, item, chunk_refs)
-                        cat.add_chunks(chunk_refs)
-                        stats.copied += 1
-                        stats.copied_bytes += item.size
+                    cat.add_copied(job, copied)
                     cat.record_checksums(checksums)
                 if progress:
                     progress(stats)

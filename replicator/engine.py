@@ -33,7 +33,7 @@ from replicator.sources.base import Source, SourceItem
 from replicator.stores.base import is_local
 from replicator.units import format_time_precise
 from replicator.vault.format import CHUNK_SIZE, PAGE_SIZE, ChunkRef
-from replicator.vault.manifest import SnapshotRoot, encode_blob_lists, encode_pages
+from replicator.vault.manifest import SnapshotRoot, encode_blob_lists, encode_pages, encode_row_pages
 from replicator.vault.packs import PACK_THRESHOLD, PackWriter
 from replicator.vault.vault import Vault
 
@@ -289,9 +289,7 @@ def _copy(vault: Vault, cat: Catalogue, job: str, source: Source, stats: RunStat
             ready.append((item, [r.result() if isinstance(r, Future) else r for r in refs]))
         waiting[:] = still
         with lock, cat.transaction():
-            for item, refs in ready:
-                cat.add_pending(job, item, refs)
-                cat.add_chunks(refs)
+            cat.add_copied(job, ready)
             cat.record_checksums(vault.take_checksums())  # issue 10: provider checksums of the new blobs
         packer.forget(r.id for _, refs in ready for r in refs)
         if failed is not None:
@@ -360,12 +358,12 @@ def _write_snapshot(vault: Vault, cat: Catalogue, job: JobConfig, started: datet
     with cat.transaction():
         live_before = cat.live_count(job.name)
         checkpoint = head is None or count >= CHECKPOINT_EVERY or delta_sum + n_delta >= max(live_before, 1000)
-        delta_pages = [] if checkpoint else [vault.write_chunk(p) for p in encode_pages(cat.delta(), PAGE_SIZE)]
+        delta_pages = [] if checkpoint else [vault.write_chunk(p) for p in encode_row_pages(cat.delta_rows(), PAGE_SIZE)]
         held_pages = [vault.write_chunk(p) for p in encode_pages(cat.held(), PAGE_SIZE)] if stats.breaker else []
         blob_lists = ([vault.write_meta_page(p) for p in encode_blob_lists(cat.delta_blobs(bool(stats.breaker)), PAGE_SIZE)]
                       if vault.keyring.write_only else [])
-        cat.apply(job.name, cat.delta())
-        pages = [vault.write_chunk(p) for p in encode_pages(cat.entries(job.name), PAGE_SIZE)] if checkpoint else delta_pages
+        cat.apply_delta(job.name)
+        pages = [vault.write_chunk(p) for p in encode_row_pages(cat.entry_rows(job.name), PAGE_SIZE)] if checkpoint else delta_pages
         root = SnapshotRoot(
             job=job.name, kind=job.kind, seq=seq, prev=head[1] if head else None, started=format_time_precise(started),
             finished=format_time_precise(datetime.now(timezone.utc)), checkpoint=checkpoint, pages=tuple(pages),

@@ -42,28 +42,35 @@ class LocalTarget:
         self.url = str(self.root)
         self._fold = None  # how this file system folds names; probed at the first write
         self._folded: dict[str, str] = {}  # folded name -> key written (only on folding file systems)
-        self._dirs: set[Path] = set()  # directories made and found to lie under the root
+        self._dirs: set[str] = set()  # directories made and found to lie under the root
         self._tmp_prefix, self._tmp_seq = f".restore-{uuid.uuid4().hex[:16]}-", itertools.count()
         self._lock = threading.Lock()
 
     def path(self, key: str) -> Path:
         """Where the key goes; Unrepresentable if it is no plain relative path or would lead outside
         the root (through a symbolic link on the way: its directory is resolved, once per directory)."""
-        parts = key.split("/")
-        if not key or key.startswith("/") or "\\" in key or "\0" in key or any(p in ("", ".", "..") for p in parts):
+        d, name = self._place(key)
+        return Path(d, name)
+
+    def _place(self, key: str) -> tuple[str, str]:
+        """(directory, file name) of the key, as strings: tens of thousands of small files a second
+        are restored, and Path objects cost more than the writes."""
+        if not key or key[0] == "/" or "\\" in key or "\0" in key or any(p in ("", ".", "..") for p in key.split("/")):
             raise Unrepresentable(f"key {key!r} cannot be a path under {self.url}")
-        p = self.root.joinpath(*parts)
-        if p.parent not in self._dirs and not p.parent.resolve().is_relative_to(self.root):
+        rel, _, name = key.rpartition("/")
+        d = f"{self.url}/{rel}" if rel else self.url
+        if d not in self._dirs and not Path(d).resolve().is_relative_to(self.root):
             raise Unrepresentable(f"key {key!r} leads outside {self.url}")
-        return p
+        return d, name
 
     def write(self, key: str, chunks: Iterator[bytes]) -> None:
-        p = self.path(key)
+        d, name = self._place(key)
+        p = f"{d}/{name}"
         tmp = None
         try:
-            self._make_dir(p.parent)
+            self._make_dir(d)
             self._claim(key)
-            tmp = p.parent / f"{self._tmp_prefix}{next(self._tmp_seq)}"
+            tmp = f"{d}/{self._tmp_prefix}{next(self._tmp_seq)}"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)  # os.open: no buffering,
             try:  # nor its extra system calls per file (thousands of small objects)
                 for c in chunks:
@@ -85,12 +92,12 @@ class LocalTarget:
                 except OSError:
                     pass
 
-    def _make_dir(self, d: Path) -> None:
+    def _make_dir(self, d: str) -> None:
         """Make a key's directory (once per directory), and check it still lies under the root."""
         if d in self._dirs:
             return
-        d.mkdir(parents=True, exist_ok=True)
-        if not d.resolve().is_relative_to(self.root):
+        os.makedirs(d, exist_ok=True)
+        if not Path(d).resolve().is_relative_to(self.root):
             raise StoreError(f"cannot write under {d}: it leads outside {self.url}")
         with self._lock:
             self._dirs.add(d)

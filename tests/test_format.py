@@ -16,7 +16,7 @@ from replicator.errors import IntegrityError, VaultError, WrongKey
 from replicator.vault import keys
 from replicator.vault.format import (ENC_RAW, ENC_ZSTD, ChunkRef, data_name, decode_record, encode_record, frame,
                                      padded_length, parse_snapshot_name, snapshot_name, unframe)
-from replicator.vault.manifest import Entry, SnapshotRoot, decode_page, encode_pages
+from replicator.vault.manifest import Entry, SnapshotRoot, decode_page, encode_pages, encode_row_pages
 
 fuzz = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 H1, H2 = "a" * 64, "0123456789abcdef" * 4
@@ -325,6 +325,26 @@ def test_pages_round_trip_and_split():
     assert len(pages) > 5 and all(p.endswith(b"\n") for p in pages)
     assert [e for p in pages for e in decode_page(p)] == es
     assert list(encode_pages([], 4096)) == []
+
+
+@fuzz
+@given(st.lists(st.tuples(st.text(min_size=1, max_size=40), st.integers(0, 2**40), st.one_of(st.none(), st.text(max_size=30)),
+                          st.one_of(st.none(), st.text(max_size=30)), st.one_of(st.none(), st.text(max_size=30)),
+                          st.booleans(), st.integers(0, 3)), max_size=30), st.integers(64, 4096))
+def test_pages_from_catalogue_rows_are_the_pages_of_their_entries(rows, page_size):
+    """encode_row_pages copies each row's chunk list in as JSON text: the bytes must be exactly those
+    encode_pages writes for the same entries (unicode, quotes and control characters in keys)."""
+    entries, table = [], []
+    for key, size, mtime, etag, version, deleted, n in sorted(rows, key=lambda r: r[0]):
+        if deleted:
+            entries.append(Entry(key, 0, deleted=True))
+            table.append((key, 0, None, None, None, "[]", 1))
+            continue
+        refs = tuple(ChunkRef(H1, 4200 + i, i, size + 1, size, H2) for i in range(n))
+        entries.append(Entry(key, size * n, mtime, etag, version, refs))
+        table.append((key, size * n, mtime, etag, version, "[" + ",".join(r.json_text() for r in refs) + "]", 0))
+    assert list(encode_row_pages(table, page_size)) == list(encode_pages(entries, page_size))
+    assert [json.loads(r.json_text()) for e in entries for r in e.chunks] == [r.to_json() for e in entries for r in e.chunks]
 
 
 @pytest.mark.parametrize("page", [b"\n", b"{}\n", b"not json\n", b'{"k": "x", "d": 1}\n[1]\n', b"[" * 100_000, b"\xff\n"])

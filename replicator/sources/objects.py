@@ -277,6 +277,7 @@ class ObjectSource:
 
     def _list_local(self, top: str) -> Iterator[SourceItem]:
         """os.scandir walk: streams, one directory at a time."""
+        cut = len(os.path.join(top, ""))  # every path below starts with top and a separator
         stack = [top]
         while stack:
             d = stack.pop()
@@ -290,7 +291,7 @@ class ObjectSource:
             for e in entries:
                 if e.is_file(follow_symlinks=False):
                     st = e.stat(follow_symlinks=False)
-                    key = os.path.relpath(e.path, top).replace(os.sep, "/")
+                    key = e.path[cut:] if os.sep == "/" else e.path[cut:].replace(os.sep, "/")
                     yield SourceItem(key, st.st_size, _iso(st.st_mtime), f"{st.st_mtime_ns:x}-{st.st_size:x}", None)
 
     def read(self, item: SourceItem, chunk_size: int) -> Iterator[bytes]:

@@ -54,9 +54,7 @@ class LocalStore:
         try:
             with open(self._path(name), "rb") as f:
                 f.seek(offset)
-                data = f.read() if length is None else f.read(length)
-                drop_cached(f.fileno(), offset, len(data))  # read once (restore, verify): not kept
-                return data
+                return f.read() if length is None else f.read(length)
         except (IsADirectoryError, NotADirectoryError):  # a name prefix, or a path through an object
             raise NotFound(f"{name} not found in {self.url}") from None
         except OSError as e:

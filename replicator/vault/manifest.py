@@ -122,6 +122,26 @@ def encode_pages(entries: Iterable[Entry], page_size: int) -> Iterator[bytes]:
     return _json_line_pages((e.to_json() for e in entries), page_size)
 
 
+def encode_row_pages(rows: Iterable[tuple], page_size: int) -> Iterator[bytes]:
+    """encode_pages for catalogue rows (key, size, mtime, etag, version, chunks JSON[, deleted]):
+    the same bytes, with each row's chunk list (compact JSON text already) copied in as it is,
+    not parsed and encoded again."""
+    return _line_pages((_row_line(*row) for row in rows), page_size)
+
+
+def _row_line(key: str, size: int, mtime: str | None, etag: str | None, version: str | None, chunks: str,
+              deleted: int = 0) -> bytes:
+    """The JSON line of Entry.to_json for one row: keys in the same order, the same escaping."""
+    if deleted:
+        return b'{"k":%s,"d":1}\n' % json.dumps(key).encode()
+    parts = ['{"k":', json.dumps(key), ',"s":', str(size)]
+    for name, value in (("m", mtime), ("e", etag), ("v", version)):
+        if value is not None:
+            parts += [',"', name, '":', json.dumps(value)]
+    parts += [',"c":', chunks, "}\n"]
+    return "".join(parts).encode()
+
+
 def encode_blob_lists(blobs: Iterable[tuple[str, int]], page_size: int) -> Iterator[bytes]:
     """(blob id, stored size) pairs -> pages of JSON lines `["<blob>",<size>]`."""
     return _json_line_pages(([blob, size] for blob, size in blobs), page_size)
@@ -129,10 +149,13 @@ def encode_blob_lists(blobs: Iterable[tuple[str, int]], page_size: int) -> Itera
 
 def _json_line_pages(values: Iterable, page_size: int) -> Iterator[bytes]:
     """Compact JSON lines, cut into a new page after the line that brings a page to page_size."""
+    return _line_pages((json.dumps(v, separators=(",", ":")).encode() + b"\n" for v in values), page_size)
+
+
+def _line_pages(lines: Iterable[bytes], page_size: int) -> Iterator[bytes]:
     buf: list[bytes] = []
     n = 0
-    for v in values:
-        line = json.dumps(v, separators=(",", ":")).encode() + b"\n"
+    for line in lines:
         buf.append(line)
         n += len(line)
         if n >= page_size:
