@@ -420,7 +420,7 @@ def test_a_direct_get_the_endpoint_refuses_is_made_again_through_s3fs(s3_server,
         src = s3_source(s3_server, b, proxy.url)
         items = {i.key: i for i in src.list()}
         assert b"".join(src.read(items["one"], 4 * MiB)) == data["one"]
-        assert src._bodies._http is None  # s3fs reads this source now
+        assert src._bodies.direct.pool() is None  # s3fs reads this source now
         assert b"".join(src.read(items["two"], 4 * MiB)) == data["two"]
         assert b"".join(src.read(items["big"], 4 * MiB)) == data["big"]
     finally:
