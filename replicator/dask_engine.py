@@ -77,11 +77,11 @@ class DaskCopier:
                         (stats.warnings if problem[0] == "changed" else stats.errors).append(problem[1])
                         continue
                     copied.append((item, [ChunkRef.from_json(r) for r in refs]))
-                    stats.copied += 1
-                    stats.copied_bytes += item.size
                 with cat.transaction():
                     cat.add_copied(job, copied)
                     cat.record_checksums(checksums)
+                stats.copied += len(copied)
+                stats.copied_bytes += sum(item.size for item, _ in copied)
                 if progress:
                     progress(stats)
 

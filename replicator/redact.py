@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
+# Signed AWS requests carry credentials nobody registered: a session token, the access key id, a
+# signature valid for up to an hour. At debug level urllib3 logs presigned URLs (s3_direct.py) and
+# botocore its requests' headers (`'X-Amz-Security-Token': b'...'`, `Authorization: ... Credential=`).
+_SIGNED = re.compile(r"((?:X-Amz-)?(?:Signature|Security-Token|Credential)=)[^&\s\"'<>,]+"
+                     r"|('X-Amz-Security-Token': b?')[^']+", re.IGNORECASE)
 
 
 def register(value: str) -> None:
@@ -23,4 +29,6 @@ def redact(text: str) -> str:
         for s in sorted(_secrets, key=len, reverse=True):
             if s in text:
                 text = text.replace(s, "***")
+    if "=" in text or "Token" in text:
+        text = _SIGNED.sub(lambda m: (m.group(1) or m.group(2)) + "***", text)
     return text

@@ -51,11 +51,11 @@ class DirectS3:
         with self._lock:
             self._http = None
 
-    def request(self, method: str, operation: str, bucket: str, key: str, params: dict | None = None,
+    def request(self, http, method: str, operation: str, bucket: str, key: str, params: dict | None = None,
                 headers: dict | None = None, body: Any = None):
-        """Send `operation` (a botocore operation name: get_object, put_object) presigned, with these
-        extra headers and body; the urllib3 response, its body not yet read. Needs pool()."""
-        http = self.pool()
+        """Send `operation` (a botocore operation name: get_object, put_object) presigned through `http`
+        (what pool() returned: another thread may give up meanwhile), with these extra headers and
+        body; the urllib3 response, its body not yet read."""
         url = sync(self.fs.loop, self._presign, operation, bucket, key, params or {})
         # The target exactly as signed: a request by URL would resolve `.` and `..` in it, and keys may hold those.
         u = urlsplit(url)
@@ -74,11 +74,15 @@ class DirectS3:
 
 
 def error_code(resp) -> str:
-    """The S3 error code of an answer that is not a success (its body read and the response closed)."""
+    """The S3 error code of an answer that is not a success (its body read; the connection kept
+    for the next request if that was all of it)."""
     try:
         found = _CODE.search(resp.read(4096) or b"")
     finally:
-        resp.close()  # an error's body may be longer than what was read: not for the next request
+        if resp.length_remaining == 0:
+            resp.release_conn()
+        else:
+            resp.close()  # an error's body may be longer than what was read: not for the next request
     return found.group(1).decode(errors="replace") if found else ""
 
 

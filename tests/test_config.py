@@ -233,6 +233,18 @@ def test_resolve_secrets(monkeypatch, tmp_path):
     assert masked == "connect with *** and *** to eu-west-1"
 
 
+def test_signed_aws_request_credentials_are_masked():
+    """What urllib3 and botocore log at debug level of a presigned URL and a signed request."""
+    url = ("GET /b/k?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIDEXAMPLE%2F20261129%2Fus-east-1"
+           "&X-Amz-Security-Token=FQoGZXIvYXdzEJr&X-Amz-Signature=7db8749062f1a72f HTTP/1.1")
+    headers = ("headers={'X-Amz-Security-Token': b'FQoGZXIvYXdzEJr', 'Authorization': b'AWS4-HMAC-SHA256 "
+               "Credential=AKIDEXAMPLE/20261129/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=9f0e1d2c'}")
+    masked = redact(url + " " + headers)
+    for secret in ("AKIDEXAMPLE", "FQoGZXIvYXdzEJr", "7db8749062f1a72f", "9f0e1d2c"):
+        assert secret not in masked
+    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in masked and "SignedHeaders=host" in masked
+
+
 def test_literal_secrets_under_secret_names_are_masked():
     config.resolve_secrets({"secret_access_key": "literal-in-config-123", "connection_string":
                             "AccountName=acct;AccountKey=abcdefghijklmnop;EndpointSuffix=core"}, "vault.options")

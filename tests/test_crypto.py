@@ -98,6 +98,9 @@ def test_random_access_decrypt_segments():
     _, fsegs = segments(full)
     with pytest.raises(IntegrityError, match="more segments"):
         crypto.decrypt_segments(parse_header(full), KEK, 3, fsegs[3] + fsegs[3])
+    for cut in range(1, TAG_SIZE + 1):  # whole segments, then a last piece too short for its tag
+        with pytest.raises(IntegrityError, match="segment 5 failed"):
+            crypto.decrypt_segments(h, KEK, 4, segs[4] + segs[5][:cut])
 
 
 def test_deterministic_rng_gives_identical_blobs():

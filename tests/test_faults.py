@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import subprocess
 import time
 import uuid
@@ -28,6 +29,7 @@ from replicator.errors import AlreadyExists, NotFound, SourceChanged, StoreError
 from replicator.restore import restore
 from replicator.sources.objects import ObjectSource
 from replicator.stores.faulty import After, FaultyStore
+from replicator.stores.fsspec_store import FsspecStore
 from replicator.stores.local import LocalStore
 from replicator.stores.retry import RetryingStore, is_retryable
 from replicator.targets import LocalTarget
@@ -426,6 +428,40 @@ def test_a_direct_get_the_endpoint_refuses_is_made_again_through_s3fs(s3_server,
     finally:
         proxy.stop()
     assert proxy.injected["http_403"] == 1  # only the first, direct, GET was refused
+
+
+def test_a_direct_put_the_vault_endpoint_refuses_is_made_again_through_s3fs(s3_server, bucket):
+    """As for source GETs: a presigned PUT of a vault blob answered 403 is made again through s3fs,
+    which then writes and reads this vault from then on; blobs are whole, create-only still holds."""
+    _, b = bucket
+    presigned = lambda method, target: method == "PUT" and "X-Amz-Signature=" in target  # noqa: E731
+    proxy = FaultProxy(*upstream(s3_server), Faults(http_403=1.0, only=presigned), seed=1).start()
+    try:
+        opts = {**s3_server.fsspec_options(), "endpoint_url": proxy.url, "skip_instance_cache": True}
+        store = FsspecStore(f"s3://{b}/vault", opts)
+        one, two = os.urandom(5000), bytearray(os.urandom(6 * MiB))  # sealed blobs are bytearrays
+        store.put("data/aa/one", one)
+        assert store._direct.pool() is None  # s3fs makes this vault's requests now
+        store.put("data/aa/two", two)
+        assert store.get("data/aa/one") == one and store.get("data/aa/two", 10, 100) == two[10:110]
+        with pytest.raises(AlreadyExists):
+            store.put("data/aa/one", b"other")
+    finally:
+        proxy.stop()
+    assert proxy.injected["http_403"] == 1  # only the first, direct, PUT was refused
+
+
+def test_debug_logs_show_no_presigned_credentials(tmp_path, s3_server, bucket):
+    """At --log-level debug urllib3 logs each request line, with the presigned URL of the direct S3
+    requests (source GETs, vault PUTs and GETs): their signature and credential are masked."""
+    fs, b = bucket
+    for i in range(3):
+        fs.pipe_file(f"{b}/o{i}", os.urandom(1000 + i))
+    p = s3_project(tmp_path / "p", b, s3_server.endpoint_url, s3_server.endpoint_url, unique("vault"))
+    p.cli("init")
+    err = p.cli("--log-level", "debug", "run").stderr + p.cli("--log-level", "debug", "verify", "--deep").stderr
+    assert "X-Amz-Signature=***" in err  # the request lines are there, masked
+    assert re.search(r"X-Amz-(Signature|Credential|Security-Token)=(?!\*\*\*)", err, re.IGNORECASE) is None
 
 
 def test_an_object_rewritten_or_deleted_between_ranges_is_source_changed(s3_server, bucket):

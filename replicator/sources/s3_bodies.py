@@ -40,14 +40,16 @@ class S3Bodies:
     def open(self, key: str, etag: str | None, version: str | None, byte_range: str | None):
         """The body of a GET of the listed version (its VersionId, If-Match its ETag) of `key`, from
         `byte_range` (`bytes=START-` or `bytes=START-END`) or whole; SourceChanged if it changed."""
-        if self.direct.pool() is None:
+        http = self.direct.pool()
+        if http is None:
             return self._s3fs_body(key, etag, version, byte_range)
         headers = {}
         if etag:
             headers["If-Match"] = f'"{etag}"'
         if byte_range:
             headers["Range"] = byte_range
-        resp = self.direct.request("GET", "get_object", self.bucket, key, {"VersionId": version} if version else {}, headers)
+        resp = self.direct.request(http, "GET", "get_object", self.bucket, key, {"VersionId": version} if version else {},
+                                   headers)
         if resp.status < 300:
             return _ThreadBody(resp)
         code = error_code(resp)

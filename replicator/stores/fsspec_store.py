@@ -70,16 +70,17 @@ class FsspecStore:
         """`provider_args` go to the provider's create-only write as they are (stores/retention.py
         passes S3 Object Lock and Azure immutability-policy arguments this way)."""
         path = self._path(name)
-        data = bytes(data)  # blobs are sealed into a bytearray; not every provider's SDK takes one (adlfs)
         if provider_args and self.protocol not in _CREATE_MODE:
             raise ValueError(f"{self.protocol} stores take no provider arguments on put")
         with self._errors(name):
+            direct = None if provider_args else self._direct_put(path, data)
+            if direct:
+                return
+            data = bytes(data)  # blobs are sealed into a bytearray; not every provider's SDK takes one (adlfs)
             if self.protocol in _CREATE_MODE:
-                done = None if provider_args else self._direct_put(path, data)
-                if not done:
-                    self.fs.pipe_file(path, data, mode="create", **provider_args)
-                    if done is False:  # refused when made directly, made by s3fs: by s3fs from now on
-                        self._direct.give_up()
+                self.fs.pipe_file(path, data, mode="create", **provider_args)
+                if direct is False:  # refused when made directly, made by s3fs: by s3fs from now on
+                    self._direct.give_up()
             elif self.protocol in _SFTP:
                 self._sftp_put(path, data)
             else:
@@ -150,14 +151,15 @@ class FsspecStore:
         """A create-only PUT (If-None-Match: *) with the body's CRC32 for the provider to check (both
         signed), made by this thread: True when done, None where s3fs must make it, False when the
         endpoint refused it (403, a redirect: answers only s3fs explains; the caller asks s3fs)."""
-        if self._direct is None or self._direct.pool() is None:
+        http = None if self._direct is None else self._direct.pool()
+        if http is None:
             return None
         from replicator.s3_direct import error_code
 
         bucket, key = path.split("/", 1)
         crc = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()  # 4 GB/s; MD5 is 0.7
         headers = {"If-None-Match": "*", "x-amz-checksum-crc32": crc}
-        resp = self._direct.request("PUT", "put_object", bucket, key, {"IfNoneMatch": "*", "ChecksumCRC32": crc},
+        resp = self._direct.request(http, "PUT", "put_object", bucket, key, {"IfNoneMatch": "*", "ChecksumCRC32": crc},
                                     headers, data)
         if resp.status < 300:
             resp.drain_conn()
@@ -166,12 +168,13 @@ class FsspecStore:
         code = error_code(resp)
         if resp.status == 412:
             raise FileExistsError(path)
-        _raise_status(resp.status, code, path, retry=("BadDigest", "InvalidRequest"))  # a body damaged on the way
+        _raise_status(resp.status, code, path, retry=("BadDigest", "RequestTimeout"))  # damaged on the way; slow
         return False
 
     def _direct_get(self, path: str, offset: int, length: int | None) -> bytes | bool | None:
         """A GET (of a range) made by this thread: the bytes, or None / False as for _direct_put."""
-        if self._direct is None or self._direct.pool() is None:
+        http = None if self._direct is None else self._direct.pool()
+        if http is None:
             return None
         from replicator.s3_direct import error_code
 
@@ -179,7 +182,7 @@ class FsspecStore:
         headers = {}
         if offset or length is not None:
             headers["Range"] = f"bytes={offset}-{'' if length is None else offset + length - 1}"
-        resp = self._direct.request("GET", "get_object", bucket, key, headers=headers)
+        resp = self._direct.request(http, "GET", "get_object", bucket, key, headers=headers)
         if resp.status < 300:
             try:
                 return resp.read()
@@ -320,14 +323,15 @@ def _is_network(e: BaseException) -> bool:
 
 
 class _S3Status(OSError):
-    """An S3 answer to a direct request that a retry may fix (5xx, 408, 409, 429, a damaged body)."""
+    """An S3 answer to a direct request that a retry may fix (5xx but 501, 408, 409, 429, a damaged
+    or slow body); any other (403, 501, a redirect) is left to s3fs to make and explain."""
 
 
 def _raise_status(status: int, code: str, path: str, retry: tuple[str, ...]) -> None:
     """Raise what s3fs would for this answer to a direct request; return where only s3fs can tell."""
     if status == 404:
         raise FileNotFoundError(f"{path}: {code or 'HTTP 404'}")
-    if status >= 500 or status in (408, 409, 429) or code in retry:
+    if (status >= 500 and status != 501) or status in (408, 409, 429) or code in retry:
         raise _S3Status(f"HTTP {status} {code}".rstrip())
 
 

@@ -218,13 +218,13 @@ def decrypt_with_dek(header: Header, dek: bytes, first: int, data: bytes | memor
     pieces = range(0, len(src), step)
     if first + len(pieces) > n:
         raise IntegrityError("blob has more segments than its header says")
-    out = bytearray(max(0, len(src) - len(pieces) * TAG_SIZE))  # opened in place, as sealed
+    if 0 < len(src) % step < TAG_SIZE:  # a last piece too short to hold a tag
+        raise IntegrityError(f"segment {first + len(pieces) - 1} failed authentication")
+    out = bytearray(len(src) - len(pieces) * TAG_SIZE)  # opened in place, as sealed
     dst, pos = memoryview(out), 0
     for j, at in enumerate(pieces):
         i, piece = first + j, src[at:at + step]
         try:
-            if len(piece) < TAG_SIZE:
-                raise InvalidTag
             pos += aead.decrypt_into(_nonce(header.nonce_prefix, i, i == n - 1), piece, header.raw,
                                      dst[pos:pos + len(piece) - TAG_SIZE])
         except InvalidTag:
