@@ -1,4 +1,4 @@
-"""Local file writes and reads that spare the page cache (issue 7).
+"""Local file writes that spare the page cache (issue 7).
 
 The vault's blobs are written once and read rarely: keeping them in the page cache evicts what the
 host is using, and on a virtual machine it is also slow. The kernel fills new page cache from free

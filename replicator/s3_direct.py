@@ -5,8 +5,8 @@ hash botocore takes of a body it sends (the SigV4 payload hash over plain HTTP, 
 to each PUT), funnels through that thread, which also competes for the interpreter with the
 threads that hash, compress and seal. So a request is presigned by s3fs's own client (the same
 credentials, endpoint and region, signature version 4) and sent with urllib3 by the thread that
-wants it, which reads and writes its socket with the interpreter released. Conditions (If-Match,
-If-None-Match), Range and Content-MD5 travel as plain headers.
+wants it, which reads and writes its socket with the interpreter released. If-Match and Range
+travel as plain headers; a PUT's If-None-Match and CRC32 are signed (they are presign parameters).
 
 Where something else must travel with the request, s3fs makes it as before (`DirectS3.pool()` is
 None): an HTTP(S) proxy for the endpoint, additional S3 arguments (SSE-C keys, requester pays,

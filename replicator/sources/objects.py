@@ -396,7 +396,7 @@ class ObjectSource:
             raise SourceChanged(f"{item.key!r} changed while it was read ({start + len(data)} bytes, listed {item.size})")
         return data
 
-    def _s3_get(self, item: SourceItem, start: int, end: int, buf: bytearray) -> bytes:
+    def _s3_get(self, item: SourceItem, start: int, end: int, buf: bytearray) -> bytearray:
         """One GET (attempt) for bytes start+len(buf)..end, appended to buf as they arrive: a retry
         after a body that broke mid-way asks only for the rest."""
         whole = not buf and start == 0 and end == item.size
