@@ -25,11 +25,11 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[os.write(fd, view[:WRITE_SLICE]):]
 
 
-def drop_cached(fd: int, offset: int = 0, length: int = 0) -> None:
-    """Let the kernel drop the file's cached pages in offset..offset+length (0: to the end); only
-    clean pages go (written ones once fsync'd), so this never loses or delays anything."""
+def drop_cached(fd: int) -> None:
+    """Let the kernel drop the file's cached pages; only clean pages go (written ones once
+    fsync'd), so this never loses or delays anything."""
     if _DONTNEED is not None:
         try:
-            os.posix_fadvise(fd, offset, length, _DONTNEED)
+            os.posix_fadvise(fd, 0, 0, _DONTNEED)
         except OSError:  # advice only: a file system that does not take it changes nothing
             pass
