@@ -31,6 +31,15 @@ _UNDECIDED = object()
 _SIGV4_HANDLER = "replicator-presign-sigv4"
 
 
+class S3StatusError(OSError):
+    """An answer to a direct request that a retry may fix (5xx, 408, 429, ...): the source's backoff
+    and the store's retries read it as any transient OSError; `.status` is the HTTP status."""
+
+    def __init__(self, method: str, status: int, code: str):
+        super().__init__(f"{method} failed: HTTP {status} {code}".rstrip())
+        self.status = status
+
+
 class DirectS3:
     """Presigned requests to one S3 filesystem's endpoint, sent by the calling thread."""
 

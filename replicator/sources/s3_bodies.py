@@ -6,7 +6,7 @@ If-Match its ETag). Where s3_direct.py cannot make a request itself, s3fs reads 
 
 Both kinds of body offer `fill(buf, n)` (append until buf holds n bytes or the body ends) and
 `close()`. Errors of a direct GET: 412 (the object is no longer the listed one) is SourceChanged;
-404 is FileNotFoundError; 5xx, 408 and 429 are S3StatusError with `.status` (the source's retry
+404 is FileNotFoundError; 5xx, 408 and 429 are S3StatusError (s3_direct.py) with `.status` (the source's retry
 rules retry them). Any other answer (a redirect to another region, a signature the endpoint
 refuses, a denial) sends the request again through s3fs, whose errors are then the real ones; if
 s3fs succeeds where the direct GET did not, s3fs reads this source from then on.
@@ -17,17 +17,9 @@ from __future__ import annotations
 from fsspec.asyn import sync
 
 from replicator.errors import SourceChanged
-from replicator.s3_direct import DirectS3, error_code
+from replicator.s3_direct import DirectS3, S3StatusError, error_code
 
 PIECE = 256 * 1024  # bytes read at a time (what a broken connection loses)
-
-
-class S3StatusError(OSError):
-    """A direct GET answered 5xx, 408 or 429: retried by the source's backoff."""
-
-    def __init__(self, status: int, code: str):
-        super().__init__(f"GET failed: HTTP {status} {code}".rstrip())
-        self.status = status
 
 
 class S3Bodies:
@@ -87,7 +79,7 @@ def _raise(status: int, code: str, key: str, etag: str | None):
         raise SourceChanged(f"{key!r} changed while it was read (its ETag is no longer {etag})")
     if status == 404:
         raise FileNotFoundError(f"{key!r}: not found ({code or 'HTTP 404'})")
-    raise S3StatusError(status, code)
+    raise S3StatusError("GET", status, code)
 
 
 def status_of(e: BaseException) -> int | None:

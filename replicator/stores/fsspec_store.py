@@ -30,6 +30,8 @@ os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 import fsspec  # noqa: E402  (after the gcsfs switch above)
 from fsspec.asyn import sync  # noqa: E402
 
+from replicator.s3_direct import DirectS3, S3StatusError, error_code  # noqa: E402  (imports fsspec)
+
 _CREATE_MODE = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"}
 _SFTP = {"sftp", "ssh"}
 # fsspec caches listings forever by default, and stat/get consult that cache: after a list(), objects
@@ -57,11 +59,7 @@ class FsspecStore:
         self.root = root.rstrip("/")
         self.url = url
         self._dirs: set[str] = set()
-        self._direct = None
-        if self.protocol in ("s3", "s3a"):
-            from replicator.s3_direct import DirectS3
-
-            self._direct = DirectS3(self.fs)
+        self._direct = DirectS3(self.fs) if self.protocol in ("s3", "s3a") else None
 
     def _path(self, name: str) -> str:
         return f"{self.root}/{check_name(name)}"
@@ -154,8 +152,6 @@ class FsspecStore:
         http = None if self._direct is None else self._direct.pool()
         if http is None:
             return None
-        from replicator.s3_direct import error_code
-
         bucket, key = path.split("/", 1)
         crc = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()  # 4 GB/s; MD5 is 0.7
         headers = {"If-None-Match": "*", "x-amz-checksum-crc32": crc}
@@ -168,7 +164,7 @@ class FsspecStore:
         code = error_code(resp)
         if resp.status == 412:
             raise FileExistsError(path)
-        _raise_status(resp.status, code, path, retry=("BadDigest", "RequestTimeout"))  # damaged on the way; slow
+        _raise_status("PUT", resp.status, code, path, retry=("BadDigest", "RequestTimeout"))  # damaged on the way; slow
         return False
 
     def _direct_get(self, path: str, offset: int, length: int | None) -> bytes | bool | None:
@@ -176,8 +172,6 @@ class FsspecStore:
         http = None if self._direct is None else self._direct.pool()
         if http is None:
             return None
-        from replicator.s3_direct import error_code
-
         bucket, key = path.split("/", 1)
         headers = {}
         if offset or length is not None:
@@ -188,7 +182,7 @@ class FsspecStore:
                 return resp.read()
             finally:
                 resp.release_conn()
-        _raise_status(resp.status, error_code(resp), path, retry=("InvalidRange",))  # get() settles 416
+        _raise_status("GET", resp.status, error_code(resp), path, retry=("InvalidRange",))  # get() settles 416
         return False
 
     def _sftp_read(self, path: str, offset: int, length: int | None) -> bytes:
@@ -322,17 +316,14 @@ def _is_network(e: BaseException) -> bool:
     return mod.startswith(("aiohttp", "botocore", "asyncssh", "azure", "google", "requests", "urllib3"))
 
 
-class _S3Status(OSError):
-    """An S3 answer to a direct request that a retry may fix (5xx but 501, 408, 409, 429, a damaged
-    or slow body); any other (403, 501, a redirect) is left to s3fs to make and explain."""
-
-
-def _raise_status(status: int, code: str, path: str, retry: tuple[str, ...]) -> None:
-    """Raise what s3fs would for this answer to a direct request; return where only s3fs can tell."""
+def _raise_status(method: str, status: int, code: str, path: str, retry: tuple[str, ...]) -> None:
+    """Raise what s3fs would for this answer to a direct request: NotFound, or S3StatusError where a
+    retry may fix it (5xx but 501, 408, 409, 429, a damaged or slow body); return where only s3fs
+    can tell (403, 501, a redirect): the caller asks s3fs."""
     if status == 404:
         raise FileNotFoundError(f"{path}: {code or 'HTTP 404'}")
     if (status >= 500 and status != 501) or status in (408, 409, 429) or code in retry:
-        raise _S3Status(f"HTTP {status} {code}".rstrip())
+        raise S3StatusError(method, status, code)
 
 
 def _write_time(info: dict) -> datetime:
