@@ -136,6 +136,8 @@ class Bench:
         self.data = self.work / "data"
         self.logs = self.work / "logs"
         self.logs.mkdir(parents=True)
+        self.trash = self.work / "set-aside"  # outputs of finished commands, deleted only at the end
+        self.trash.mkdir()
         self.src = self.vsrv = None  # moto servers: source, vault
         self.runs: dict[tuple[str, str, str], list[dict]] = {}
         self.cpu_floor: dict[str, list[dict]] = {s: [] for s in CPU_SETS}
@@ -339,8 +341,15 @@ class Bench:
             if (root / key).read_bytes() != (src / key).read_bytes():
                 raise Failed(f"restore of {grp}: {key} differs from the source")
 
+    def set_aside(self, path: Path) -> None:
+        """Move a finished command's output out of the way; deleted only when the benchmark ends.
+        Deleting tens of thousands of files would make the next tool pay: ext4 without a journal,
+        as here, skips inodes freed in the last minutes when it allocates new ones (README)."""
+        if path.exists():
+            path.rename(self.trash / f"{len(list(self.trash.iterdir()))}-{path.name}")
+
     # Each tool gets one fresh vault per path and round; the data sets are separate jobs / folders /
-    # backups in it, copied in the order a, (d), (ea), b, (eb), c. The vault is removed afterwards.
+    # backups in it, copied in the order a, (d), (ea), b, (eb), c. The vault is set aside afterwards.
 
     def _follow_ups(self, grp: str) -> list[str]:
         return {"a": ["d", "ea"], "b": ["eb"]}.get(grp, [])
@@ -394,7 +403,7 @@ class Bench:
                         out = d / f"restore-{st}"
                         m = self.measure(rep + ["restore", grp, "--to", str(out)], f"{label}-{st}", cwd=d)
                         self.check_restore(out, grp)
-                        shutil.rmtree(out, ignore_errors=True)
+                        self.set_aside(out)
                         return m, None
                     return fn
 
@@ -405,7 +414,7 @@ class Bench:
                 if grp in ("a", "b"):
                     self.attempt("replicator", "e" + grp, path, rnd, restore("e" + grp))
         finally:
-            shutil.rmtree(d, ignore_errors=True)
+            self.set_aside(d)
 
     # ---- rclone ----
 
@@ -443,7 +452,7 @@ class Bench:
                         m = self.measure(self.rclone("copy", dst, str(out), *self.rclone_flags(path)),
                                          f"{label}-{st}")
                         self.check_restore(out, grp)
-                        shutil.rmtree(out, ignore_errors=True)
+                        self.set_aside(out)
                         return m, None
                     return fn
 
@@ -455,7 +464,7 @@ class Bench:
                 if grp in ("a", "b"):
                     self.attempt("rclone", "e" + grp, path, rnd, restore("e" + grp))
         finally:
-            shutil.rmtree(self.work / "rclone-vault", ignore_errors=True)
+            self.set_aside(self.work / "rclone-vault")
 
     # ---- restic ----
 
@@ -487,7 +496,7 @@ class Bench:
                         m = self.measure(repo + ["restore", "latest", "--path", src, "--quiet", "--target", str(out)],
                                          f"{label}-{st}", env=env)
                         self.check_restore(out, grp)
-                        shutil.rmtree(out, ignore_errors=True)
+                        self.set_aside(out)
                         return m, None
                     return fn
 
@@ -498,7 +507,7 @@ class Bench:
                 if grp in ("a", "b"):
                     self.attempt("restic", "e" + grp, path, rnd, restore("e" + grp))
         finally:
-            shutil.rmtree(d, ignore_errors=True)
+            self.set_aside(d)
 
     # ---- floors ----
 

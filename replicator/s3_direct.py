@@ -11,7 +11,8 @@ travel as plain headers; a PUT's If-None-Match and CRC32 are signed (they are pr
 Where something else must travel with the request, s3fs makes it as before (`DirectS3.pool()` is
 None): an HTTP(S) proxy for the endpoint, additional S3 arguments (SSE-C keys, requester pays,
 ...), or proxies or a client certificate in config_kwargs. Users: sources/s3_bodies.py (GETs of
-source objects) and stores/fsspec_store.py (PUTs and GETs of vault blobs).
+source objects), sources/s3_listing.py (the source's ListObjectsV2 pages) and
+stores/fsspec_store.py (PUTs and GETs of vault blobs).
 """
 
 from __future__ import annotations
@@ -60,9 +61,10 @@ class DirectS3:
         with self._lock:
             self._http = None
 
-    def request(self, http, method: str, operation: str, bucket: str, key: str, params: dict | None = None,
+    def request(self, http, method: str, operation: str, bucket: str, key: str | None, params: dict | None = None,
                 headers: dict | None = None, body: Any = None):
-        """Send `operation` (a botocore operation name: get_object, put_object) presigned through `http`
+        """Send `operation` (a botocore operation name: get_object, put_object, list_objects_v2: no
+        key) presigned through `http`
         (what pool() returned: another thread may give up meanwhile), with these extra headers and
         body; the urllib3 response, its body not yet read."""
         url = sync(self.fs.loop, self._presign, operation, bucket, key, params or {})
@@ -72,14 +74,14 @@ class DirectS3:
         return conn.urlopen(method, f"{u.path}?{u.query}", body=body, headers=headers or {}, preload_content=False,
                             retries=False, redirect=False, decode_content=False, assert_same_host=False)
 
-    async def _presign(self, operation: str, bucket: str, key: str, params: dict) -> str:
+    async def _presign(self, operation: str, bucket: str, key: str | None, params: dict) -> str:
         await self.fs.set_session()
         client = await self.fs.get_s3(bucket)
         # botocore presigns S3 URLs with signature version 2 where a region still takes it; AWS
         # refuses that for newer buckets and KMS-encrypted objects, others (B2, R2) altogether.
         client.meta.events.register_first("choose-signer.s3", _presign_with_sigv4, unique_id=_SIGV4_HANDLER)
-        return await client.generate_presigned_url(operation, Params={"Bucket": bucket, "Key": key, **params},
-                                                   ExpiresIn=PRESIGN_SECONDS)
+        named = {"Bucket": bucket} if key is None else {"Bucket": bucket, "Key": key}
+        return await client.generate_presigned_url(operation, Params={**named, **params}, ExpiresIn=PRESIGN_SECONDS)
 
 
 def error_code(resp) -> str:

@@ -27,6 +27,7 @@ from replicator.config import JobConfig
 from replicator.engine import run_job
 from replicator.errors import AlreadyExists, NotFound, SourceChanged, StoreError, VaultError
 from replicator.restore import restore
+from replicator.sources import s3_listing
 from replicator.sources.objects import ObjectSource
 from replicator.stores.faulty import After, FaultyStore
 from replicator.stores.fsspec_store import FsspecStore
@@ -416,11 +417,13 @@ def test_a_direct_get_the_endpoint_refuses_is_made_again_through_s3fs(s3_server,
     data["big"] = os.urandom(9 * MiB)
     for k, v in data.items():
         fs.pipe_file(f"{b}/{k}", v)
-    presigned = lambda method, target: method == "GET" and "X-Amz-Signature=" in target  # noqa: E731
+    presigned = lambda method, target: (method == "GET" and "X-Amz-Signature=" in target  # noqa: E731
+                                        and "list-type" not in target)  # object GETs, not listings
     proxy = FaultProxy(*upstream(s3_server), Faults(http_403=1.0, only=presigned), seed=1).start()
     try:
         src = s3_source(s3_server, b, proxy.url)
         items = {i.key: i for i in src.list()}
+        assert src._bodies.direct.pool() is not None  # listed directly
         assert b"".join(src.read(items["one"], 4 * MiB)) == data["one"]
         assert src._bodies.direct.pool() is None  # s3fs reads this source now
         assert b"".join(src.read(items["two"], 4 * MiB)) == data["two"]
@@ -428,6 +431,37 @@ def test_a_direct_get_the_endpoint_refuses_is_made_again_through_s3fs(s3_server,
     finally:
         proxy.stop()
     assert proxy.injected["http_403"] == 1  # only the first, direct, GET was refused
+
+
+@pytest.mark.parametrize("fault", ["http_403", "http_503", "reset_mid_body"])
+def test_a_listing_page_the_endpoint_refuses_or_breaks_is_asked_again_through_s3fs(s3_server, bucket, monkeypatch, fault):
+    """A direct ListObjectsV2 page answered 403, 503 or broken mid-answer is asked again through s3fs
+    (its retries, its errors): the listing is whole. After a 403 that s3fs then got past, s3fs
+    lists (and reads) this source from then on; a 503 or a break is only this page's."""
+    monkeypatch.setattr(s3_listing, "BATCH", 2)  # 5 pages
+    fs, b = bucket
+    keys = sorted(f"k{i}" for i in range(9))
+    for k in keys:
+        fs.pipe_file(f"{b}/{k}", k.encode())
+    seen = [0]
+
+    def second_page(method: str, target: str) -> bool:  # the second direct page request
+        if method == "GET" and "list-type" in target and "X-Amz-Signature=" in target:
+            seen[0] += 1
+            return seen[0] == 2
+        return False
+
+    proxy = FaultProxy(*upstream(s3_server), Faults(**{fault: 1.0}, only=second_page), seed=1).start()
+    try:
+        src = s3_source(s3_server, b, proxy.url)
+        assert [i.key for i in src.list()] == keys
+        assert (src._bodies.direct.pool() is None) == (fault == "http_403")
+    finally:
+        proxy.stop()
+    assert proxy.injected[fault] == 1
+    lists = [t for t, _ in proxy.ranges if "list-type" in t]
+    direct = sum("X-Amz-Signature=" in t for t in lists)
+    assert len(lists) == 6 and direct == (2 if fault == "http_403" else 5), lists  # 5 pages, one asked twice
 
 
 def test_a_direct_put_the_vault_endpoint_refuses_is_made_again_through_s3fs(s3_server, bucket):

@@ -14,13 +14,12 @@ from replicator.errors import SourceChanged, SourceError
 from replicator.redact import redact
 from replicator.sources.base import SourceItem
 from replicator.sources.s3_bodies import S3Bodies, status_of
+from replicator.sources.s3_listing import S3Pages
 
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 import fsspec  # noqa: E402
 from fsspec.asyn import sync  # noqa: E402
-
-_LIST_BATCH = 1000
 
 
 class ObjectSource:
@@ -42,6 +41,7 @@ class ObjectSource:
         proto = self.fs.protocol
         self.protocol = proto[0] if isinstance(proto, (tuple, list)) else proto
         self._bodies = S3Bodies(self.fs, self.root.partition("/")[0]) if self.protocol in _S3 else None
+        self._pages = S3Pages(self.fs, self._bodies.bucket, self._bodies.direct) if self._bodies else None
 
     def check(self) -> None:
         with _errors(self.url):
@@ -171,30 +171,16 @@ class ObjectSource:
 
     def _list_s3_range(self, lo: str, hi: str | None, after: str | None) -> Iterator[SourceItem]:
         """ListObjectsV2 pages in key order; the next page is requested as soon as a page arrives, so
-        the server works on it while the caller stores this one (memory: two pages)."""
-        bucket, _, prefix = self.root.partition("/")
+        the server works on it while this one is parsed and stored (sources/s3_listing.py)."""
+        prefix = self.root.partition("/")[2]
         prefix = prefix + "/" if prefix else ""
         start = max(lo, after or "")
-
-        def request(**kw):
-            return asyncio.run_coroutine_threadsafe(
-                self.fs._call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=_LIST_BATCH, **kw),
-                self.fs.loop)
-
-        pending = request(**({"StartAfter": prefix + start} if start else {}))
-        try:
-            while pending is not None:
-                out = pending.result()
-                pending = request(ContinuationToken=out["NextContinuationToken"]) if out.get("IsTruncated") else None
-                for info in out.get("Contents", []):
-                    key = info["Key"][len(prefix):]
-                    if hi is not None and key >= hi:
-                        return
-                    if not key.endswith("/"):  # a "directory" marker is not an object
-                        yield SourceItem(key, int(info["Size"]), _mtime(info), _etag(info), None)
-        finally:
-            if pending is not None:  # the range ended early, or the caller stopped: not needed
-                pending.cancel()
+        for key, size, mtime, etag in self._pages.listed(prefix, prefix + start if start else ""):
+            key = key[len(prefix):]
+            if hi is not None and key >= hi:
+                return
+            if not key.endswith("/"):  # a "directory" marker is not an object
+                yield SourceItem(key, size, mtime, etag, None)
 
     def _prefixes(self, under: str) -> list[str]:
         """The sorted "directories" directly under `under` (relative to the source, ending "/")."""
