@@ -97,6 +97,7 @@ class EngineConfig:
     scheduler: str | None = None  # dask: the scheduler's address, tcp://HOST:8786
     batch: int = 64  # dask: objects per task
     connect_timeout: float = 10.0  # dask: seconds to reach the scheduler before the run fails
+    processes: int | None = None  # local: worker processes for local-to-local copies (None: auto, 0: never)
 
 
 ENGINE_KINDS = ("local", "dask")
@@ -182,8 +183,9 @@ def _engine(t: "_Reader") -> EngineConfig:
         timeout = parse_duration(t.string("connect_timeout", default="10s")).total_seconds()
     except ValueError as e:
         raise ConfigError(t.key("connect_timeout"), str(e)) from None
+    processes = t.number("processes", None, 0, 256, integer=True)
     t.done()
-    return EngineConfig(kind, scheduler, batch, timeout)
+    return EngineConfig(kind, scheduler, batch, timeout, None if processes is None else int(processes))
 
 
 def _vault(t: "_Reader", base_dir: Path) -> VaultConfig:

@@ -15,18 +15,16 @@ names: secrets never travel over the cluster's network, only keys and refs do.
 from __future__ import annotations
 
 import logging
-import os
 import threading
-from concurrent.futures import Future
 from dataclasses import astuple
 
+from replicator import batch_copy
 from replicator.catalogue import Catalogue
 from replicator.config import Config
 from replicator.engine import Progress, RunStats
-from replicator.errors import ReplicatorError, SourceChanged, SourceError, StoreError
+from replicator.errors import ReplicatorError, StoreError
 from replicator.sources.base import Source, SourceItem
-from replicator.vault.format import CHUNK_SIZE, ChunkRef
-from replicator.vault.packs import PACK_THRESHOLD, PackWriter
+from replicator.vault.format import ChunkRef
 from replicator.vault.vault import Vault
 
 log = logging.getLogger("replicator.dask")
@@ -57,7 +55,7 @@ class DaskCopier:
             in_flight: dict = {}
 
             def submit(batch: list[SourceItem]) -> None:
-                f = client.submit(copy_batch, self.config_path, job, [astuple(i) for i in batch], pure=False,
+                f = client.submit(batch_copy.copy_batch, self.config_path, job, [astuple(i) for i in batch], pure=False,
                                   retries=2)
                 in_flight[f] = batch
                 futures.add(f)
@@ -124,61 +122,3 @@ def connect(address: str, timeout: float = 10.0):
     except (OSError, TimeoutError) as e:
         raise SchedulerUnreachable(f"cannot reach the Dask scheduler at {address} ([engine] scheduler): "
                                    f"{type(e).__name__}: {e}") from None
-
-
-# -- on the workers ------------------------------------------------------------------------------
-
-_CONTEXTS: dict[tuple, tuple[Vault, Source]] = {}
-_CONTEXTS_LOCK = threading.Lock()
-TASKS_DONE = 0  # copy tasks finished in this worker process (tests read it with client.run)
-
-
-def copy_batch(config_path: str, job: str, items: list[tuple]) -> tuple[list, list]:
-    """A Dask task: copy `items` of `job` into the vault. Returns ([(item fields, refs, problem)],
-    provider checksums of the blobs written). Runs on a worker; raises only what should fail the run."""
-    vault, source = _context(config_path, job)
-    packer = PackWriter(vault)  # the task's small chunks share packs; written before the task returns
-    copied = []
-    for fields in items:
-        item = SourceItem(*fields)
-        try:
-            refs = []
-            for data in source.read(item, CHUNK_SIZE):
-                cid = vault.chunk_id(data)
-                refs.append(packer.add(data, cid)[0] if len(data) < PACK_THRESHOLD else vault.write_chunk(data, cid=cid))
-            copied.append((fields, refs, None))
-        except SourceChanged as e:
-            copied.append((fields, None, ("changed", str(e))))
-        except SourceError as e:
-            copied.append((fields, None, ("error", str(e))))
-    packer.flush()
-    out = [(fields, refs if refs is None else [_resolved(r).to_json() for r in refs], problem)
-           for fields, refs, problem in copied]
-    global TASKS_DONE
-    TASKS_DONE += 1
-    return out, vault.take_checksums()
-
-
-def _resolved(ref) -> ChunkRef:
-    """A ChunkRef, or the future of a packed chunk's (its pack was flushed: resolved or failed)."""
-    return ref.result() if isinstance(ref, Future) else ref
-
-
-def _context(config_path: str, job_name: str) -> tuple[Vault, Source]:
-    """The vault and source of a job on this worker, opened once per config version."""
-    key = (config_path, job_name, os.stat(config_path).st_mtime_ns)
-    with _CONTEXTS_LOCK:
-        if key not in _CONTEXTS:
-            from replicator import config as configmod
-            from replicator.sources import open_source
-            from replicator.stores import open_store
-            from replicator.vault.keys import load_key_file
-
-            cfg = configmod.load(configmod.config_path(config_path))
-            job = cfg.job(job_name)
-            v = cfg.vault
-            store = open_store(v.url, configmod.resolve_secrets(v.options, "vault.options"), v.bandwidth, v.immutability)
-            vault = Vault.open(store, load_key_file(v.key_file))
-            opts = configmod.resolve_secrets(job.source_options, f"jobs[{cfg.jobs.index(job)}].source_options")
-            _CONTEXTS[key] = (vault, open_source(job, opts))
-        return _CONTEXTS[key]

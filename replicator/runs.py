@@ -214,12 +214,20 @@ def observe_catalogue(cat: Catalogue, job: str) -> None:
 
 
 def _copier(cfg: Config, job: JobConfig):
-    """The Dask engine's copier for an objects job when [engine] kind = "dask"; else the engine's own."""
-    if cfg.engine.kind != "dask" or job.kind != "objects":
+    """For an objects job: the Dask engine's copier when [engine] kind = "dask"; worker processes
+    where the job may copy from a local directory into a local vault (process_engine.py decides
+    at the run); else None, the engine's own threads."""
+    if job.kind != "objects":
         return None
-    from replicator.dask_engine import DaskCopier
+    if cfg.engine.kind == "dask":
+        from replicator.dask_engine import DaskCopier
 
-    return DaskCopier(cfg)
+        return DaskCopier(cfg)
+    if cfg.path is None or cfg.engine.processes == 0 or "://" in cfg.vault.url:
+        return None
+    from replicator.process_engine import ProcessCopier
+
+    return ProcessCopier(cfg)
 
 
 def _now() -> str:

@@ -100,6 +100,6 @@ def test_check_config_reaches_the_scheduler(tmp_path, s3_server, cluster):
 
 def _tasks_done(dask_worker=None) -> int:
     """On a worker: how many copy tasks it has finished (a counter in the worker's process)."""
-    from replicator import dask_engine
+    from replicator import batch_copy
 
-    return dask_engine.TASKS_DONE
+    return batch_copy.TASKS_DONE

@@ -1,0 +1,181 @@
+"""Many small files between local disks, copied by several processes (issue 7).
+
+Between a local directory and a vault on a local disk nothing is waited on: copying tens of
+thousands of small files is bound by the interpreter, which runs one thread at a time. So when a
+run has many objects to copy, batches of them go to worker processes, each running
+batch_copy.copy_batch as a Dask worker would; this process lists, hands out batches, records
+what comes back and writes the snapshot. Crash safety holds as for the Dask engine: a batch's
+blobs are written before its refs come back, and only then are its objects recorded.
+
+Workers are spawned (a fork would copy this process's threads' locks) and ignore SIGINT and
+SIGTERM: a stop is this process's to decide, and it waits for the batches in flight (a few
+hundred small objects each) and records them. A worker whose parent is killed exits at once. Chunks the catalogue already records are not stored again (each worker reads
+it, read-only); a chunk that two batches of one run both meet is stored by each.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+
+from replicator import batch_copy
+from replicator.catalogue import Catalogue
+from replicator.config import Config
+from replicator.engine import Progress, RunStats, _copy
+from replicator.errors import StoreError
+from replicator.memory import reuse_large_buffers
+from replicator.sources.base import Source, SourceItem
+from replicator.stores.base import is_local
+from replicator.vault.format import ChunkRef
+from replicator.vault.vault import Vault
+
+log = logging.getLogger("replicator.processes")
+
+AUTO_FROM = 2000  # [engine] processes unset: worker processes once a run has this many objects to copy
+BATCH = 256  # objects per batch: four full packs of small objects
+RECORD_EVERY = 2048  # objects recorded per catalogue transaction (or what a second brought)
+
+
+class ProcessCopier:
+    """The engine's copier for a local source and a local vault; threads (engine._copy) otherwise,
+    and for runs with few objects to copy unless `[engine] processes` asks for workers anyway."""
+
+    def __init__(self, cfg: Config):
+        self.config_path = str(cfg.path.resolve())
+        self.processes = cfg.engine.processes  # None: as many as CPUs, for runs of AUTO_FROM objects or more
+
+    def workers_for(self, vault: Vault, source: Source, stats: RunStats) -> int:
+        """How many worker processes this run gets (0: copied by threads here)."""
+        if not (getattr(source, "local", False) and is_local(vault.store)):
+            return 0
+        if self.processes is not None:
+            return self.processes
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return cpus if cpus >= 2 and stats.to_copy >= AUTO_FROM else 0
+
+    def __call__(self, vault: Vault, cat: Catalogue, job: str, source: Source, stats: RunStats, workers: int,
+                 progress: Progress | None, stop: threading.Event | None) -> None:
+        n = self.workers_for(vault, source, stats)
+        if n == 0:
+            return _copy(vault, cat, job, source, stats, workers, progress, stop)
+        pool = _start_pool(n)
+        if pool is None:
+            return _copy(vault, cat, job, source, stats, workers, progress, stop)
+        log.info("job %s: %d objects to copy by %d worker processes", job, stats.to_copy, n)
+        in_flight: dict = {}
+        ready: list[tuple[SourceItem, list[ChunkRef]]] = []  # copied, not yet recorded
+        checksums: list = []
+        last_record = time.monotonic()
+
+        def take(f) -> None:
+            """A finished batch: its objects wait to be recorded (problems are reported)."""
+            del in_flight[f]
+            try:
+                done, sums = f.result()
+            except BrokenProcessPool:
+                raise StoreError("a copy process died (killed, or out of memory); the next run resumes") from None
+            for fields, refs, problem in done:
+                if problem is not None:
+                    (stats.warnings if problem[0] == "changed" else stats.errors).append(problem[1])
+                else:  # refs from our own worker: no need to check them as refs read from a vault are
+                    ready.append((SourceItem(*fields), [ChunkRef(*r) for r in refs]))
+            checksums.extend(sums)
+
+        def record() -> None:
+            """Record what is ready as pending, in one transaction (some thousands of objects a second)."""
+            nonlocal last_record
+            with cat.transaction():
+                cat.add_copied(job, ready)
+                cat.record_checksums(checksums)
+            stats.copied += len(ready)
+            stats.copied_bytes += sum(item.size for item, _ in ready)
+            ready.clear()
+            checksums.clear()
+            last_record = time.monotonic()
+            if progress:
+                progress(stats)
+
+        def settle(block: bool) -> None:
+            """Take the batches that finished (waiting for one if `block`), and record now and then."""
+            for f in wait(in_flight, timeout=None if block else 0, return_when=FIRST_COMPLETED).done:
+                take(f)
+            if len(ready) >= RECORD_EVERY or time.monotonic() - last_record > 1.0:
+                record()
+
+        def submit(batch: list[SourceItem]) -> None:
+            fields = [(i.key, i.size, i.mtime, i.etag, i.version) for i in batch]  # SourceItem's field order
+            in_flight[pool.submit(batch_copy.copy_batch, self.config_path, job, fields, str(cat.path))] = batch
+
+        try:
+            batch: list[SourceItem] = []
+            for item in cat.to_copy(job):
+                if stop is not None and stop.is_set():
+                    batch = []
+                    break
+                batch.append(item)
+                if len(batch) >= BATCH:
+                    submit(batch)
+                    batch = []
+                    settle(block=len(in_flight) >= 2 * n)
+            if batch:
+                submit(batch)
+            while in_flight:
+                settle(block=True)
+        finally:
+            # Stopped or failed: batches that finished are recorded (a rerun will not copy them
+            # again), the ones not started are dropped, and the workers go.
+            for f in list(in_flight):
+                f.cancel()
+            for f in list(in_flight):
+                if f.cancelled():
+                    del in_flight[f]
+                    continue
+                try:
+                    wait([f])
+                    take(f)
+                except Exception:  # the run's own error, if any, is the one raised
+                    in_flight.pop(f, None)
+            try:
+                if ready:
+                    record()
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _start_pool(n: int) -> ProcessPoolExecutor | None:
+    """n started workers; None where this host cannot start them (no POSIX semaphores in a
+    container, process creation forbidden by a sandbox): the run's threads copy instead."""
+    pool = None
+    try:
+        pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start)
+        for f in [pool.submit(os.getpid) for _ in range(n)]:
+            f.result(timeout=120)
+        return pool
+    except Exception as e:
+        log.warning("cannot start copy processes (%s: %s); copying with threads", type(e).__name__, e)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        return None
+
+
+def _worker_start() -> None:
+    """In a worker: large buffers reused as in the parent (memory.py). SIGINT (a terminal's Ctrl-C
+    reaches the whole group) and SIGTERM (systemd's control-group stop) are for the parent, which
+    stops handing out work and waits for this worker's batch. A parent that dies without closing
+    the pool (kill -9) leaves the worker waiting on a queue it holds itself: it exits then."""
+    reuse_large_buffers()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=_exit_with, args=(os.getppid(),), name="parent-watch", daemon=True).start()
+
+
+def _exit_with(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)  # a batch half done leaves what a crash leaves: blobs nobody records yet
