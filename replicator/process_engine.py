@@ -7,21 +7,17 @@ batch_copy.copy_batch as a Dask worker would; this process lists, hands out batc
 what comes back and writes the snapshot. Crash safety holds as for the Dask engine: a batch's
 blobs are written before its refs come back, and only then are its objects recorded.
 
-Workers are spawned (a fork would copy this process's threads' locks) and ignore SIGINT and
-SIGTERM: a stop is this process's to decide, and it waits for the batches in flight (a few
-hundred small objects each) and records them. A worker whose parent is killed exits at once. Chunks the catalogue already records are not stored again (each worker reads
+Workers (worker_pool.py) ignore SIGINT and SIGTERM: a stop is this process's to decide, and it
+waits for the batches in flight (a few hundred small objects each) and records them. Chunks the catalogue already records are not stored again (each worker reads
 it, read-only); a chunk that two batches of one run both meet is stored by each.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import os
-import signal
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from concurrent.futures.process import BrokenProcessPool
 
 from replicator import batch_copy
@@ -29,11 +25,11 @@ from replicator.catalogue import Catalogue
 from replicator.config import Config
 from replicator.engine import Progress, RunStats, _copy
 from replicator.errors import StoreError
-from replicator.memory import reuse_large_buffers
 from replicator.sources.base import Source, SourceItem
 from replicator.stores.base import is_local
 from replicator.vault.format import ChunkRef
 from replicator.vault.vault import Vault
+from replicator.worker_pool import cpus, start_pool
 
 log = logging.getLogger("replicator.processes")
 
@@ -56,15 +52,15 @@ class ProcessCopier:
             return 0
         if self.processes is not None:
             return self.processes
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return cpus if cpus >= 2 and stats.to_copy >= AUTO_FROM else 0
+        n = cpus()
+        return n if n >= 2 and stats.to_copy >= AUTO_FROM else 0
 
     def __call__(self, vault: Vault, cat: Catalogue, job: str, source: Source, stats: RunStats, workers: int,
                  progress: Progress | None, stop: threading.Event | None) -> None:
         n = self.workers_for(vault, source, stats)
         if n == 0:
             return _copy(vault, cat, job, source, stats, workers, progress, stop)
-        pool = _start_pool(n)
+        pool = start_pool(n)
         if pool is None:
             return _copy(vault, cat, job, source, stats, workers, progress, stop)
         log.info("job %s: %d objects to copy by %d worker processes", job, stats.to_copy, n)
@@ -146,36 +142,3 @@ class ProcessCopier:
                     record()
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _start_pool(n: int) -> ProcessPoolExecutor | None:
-    """n started workers; None where this host cannot start them (no POSIX semaphores in a
-    container, process creation forbidden by a sandbox): the run's threads copy instead."""
-    pool = None
-    try:
-        pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_start)
-        for f in [pool.submit(os.getpid) for _ in range(n)]:
-            f.result(timeout=120)
-        return pool
-    except Exception as e:
-        log.warning("cannot start copy processes (%s: %s); copying with threads", type(e).__name__, e)
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
-        return None
-
-
-def _worker_start() -> None:
-    """In a worker: large buffers reused as in the parent (memory.py). SIGINT (a terminal's Ctrl-C
-    reaches the whole group) and SIGTERM (systemd's control-group stop) are for the parent, which
-    stops handing out work and waits for this worker's batch. A parent that dies without closing
-    the pool (kill -9) leaves the worker waiting on a queue it holds itself: it exits then."""
-    reuse_large_buffers()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    threading.Thread(target=_exit_with, args=(os.getppid(),), name="parent-watch", daemon=True).start()
-
-
-def _exit_with(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(1)  # a batch half done leaves what a crash leaves: blobs nobody records yet

@@ -92,6 +92,15 @@ class LocalTarget:
                 except OSError:
                     pass
 
+    def folds(self) -> bool:
+        """Whether this file system folds names (case, Unicode normalisation): probed once, the
+        root made if it is not there yet."""
+        with self._lock:
+            if self._fold is None:
+                os.makedirs(self.root, exist_ok=True)
+                self._fold = _probe_folding(self.root)
+            return bool(self._fold)
+
     def _make_dir(self, d: str) -> None:
         """Make a key's directory (once per directory), and check it still lies under the root."""
         if d in self._dirs:

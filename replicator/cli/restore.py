@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from replicator import config as configmod
 from replicator.cli.context import human_bytes
 from replicator.errors import EXIT_OK, EXIT_PROBLEMS, UsageError
@@ -22,8 +24,9 @@ def add_parser(sub) -> None:
     p.add_argument("--prefix", metavar="P", default="", help="only keys starting with P")
     p.add_argument("--dry-run", action="store_true", help="say what would be written, write nothing")
     p.add_argument("--workers", type=int, metavar="N",
-                   help="objects written at once (default 8; from a local vault to a local directory, one "
-                        "per CPU: raise it when either is a network mount)")
+                   help="threads writing objects at once (default 8; from a local vault to a local directory, "
+                        "one per CPU: raise it when either is a network mount). Without it, a restore of 2,000 "
+                        "objects or more between local disks is written by worker processes ([engine] processes)")
     p.add_argument("--key", metavar="PATH", help="key file to use instead of [vault].key_file")
     p.add_argument("--json", action="store_true", help="machine-readable summary")
     p.set_defaults(handler=run)
@@ -41,7 +44,11 @@ def run(args, ctx) -> int:
     target = None if args.dry_run else open_target(args.to, options)
     if args.workers is not None and args.workers < 1:
         raise UsageError("--workers must be at least 1")
-    r = restore(vault, args.job, target, args.at, args.prefix, dry_run=args.dry_run, workers=args.workers)
+    # Worker processes of a large local restore open the vault as this command did (restore_processes.py).
+    reopen = None if ctx.config.path is None else \
+        (str(ctx.config.path.resolve()), str(Path(args.key).resolve()) if args.key else None)
+    r = restore(vault, args.job, target, args.at, args.prefix, dry_run=args.dry_run, workers=args.workers,
+                reopen=reopen, processes=ctx.config.engine.processes)
     verb = "would restore" if r.dry_run else "restored"
     noun = "objects" if r.kind == "objects" else f"{r.kind} repositories"  # git/svn: rebuilt repositories
     human = (f"{args.job}: {verb} {r.objects} {noun} ({human_bytes(r.bytes)}) from snapshot {r.snapshot} "

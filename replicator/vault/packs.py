@@ -1,4 +1,5 @@
-"""Packs: many small chunks stored as one blob (issue 7; FORMAT.md §6).
+"""Packs: many small chunks stored as one blob (issue 7; FORMAT.md §6): written by PackWriter,
+read for restores by PackReader.
 
 Copy threads hand small chunks to one PackWriter. Their records are concatenated into the
 open pack; once it holds PACK_RECORDS records or PACK_BYTES bytes of payload, the thread that
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import Future
 
 from replicator.vault.format import ChunkRef, encode_record
@@ -108,3 +110,58 @@ class PackWriter:
             self.packs_written += 1
         for cid, offset, length, size, f in slots:
             f.set_result(ChunkRef(pack_id, blob_size, offset, length, size, cid))
+
+
+class PackReader:
+    """Chunks for a restore. A pack from which this restore takes at least MANY chunks is fetched
+    once, whole, and its payload kept (a few at a time) until they are all served: one request per
+    pack instead of one per small object. Any other chunk is read by itself: only the segments of
+    its record (so restoring one object never downloads a whole pack)."""
+
+    MANY = 4
+    KEEP = 4  # payloads held at once (packs are at most 8 MiB of payload)
+    LARGEST = 16 * 2**20
+
+    def __init__(self, vault, entries):
+        self.vault = vault
+        wanted: dict[str, int] = {}
+        for e in entries:
+            for ref in e.chunks:
+                if ref.blob != ref.id and ref.blob_size <= self.LARGEST:
+                    wanted[ref.blob] = wanted.get(ref.blob, 0) + 1
+        self.left = {b: n for b, n in wanted.items() if n >= self.MANY}  # chunks still to serve from each
+        self.lock = threading.Lock()
+        self.payloads: OrderedDict[str, bytes] = OrderedDict()
+        self.loading: dict[str, Future] = {}
+
+    def read(self, ref: ChunkRef) -> bytes:
+        if ref.blob not in self.left:
+            return self.vault.read_chunk(ref)
+        with self.lock:
+            payload = self.payloads.get(ref.blob)
+            fut = None if payload is not None else self.loading.get(ref.blob)
+            mine = payload is None and fut is None
+            if mine:
+                fut = self.loading[ref.blob] = Future()
+        if mine:
+            try:
+                payload = self.vault.read_payload(ref.blob, ref.blob_size)
+                fut.set_result(payload)
+            except BaseException as e:
+                fut.set_exception(e)
+                raise
+            finally:
+                with self.lock:
+                    self.loading.pop(ref.blob, None)
+                    if payload is not None:
+                        self.payloads[ref.blob] = payload
+                        while len(self.payloads) > self.KEEP:
+                            self.payloads.popitem(last=False)
+        elif payload is None:
+            payload = fut.result()
+        data = self.vault.chunk_in(payload, ref)
+        with self.lock:
+            self.left[ref.blob] -= 1
+            if self.left[ref.blob] <= 0:  # all served: let it go
+                self.payloads.pop(ref.blob, None)
+        return data
