@@ -1,7 +1,3 @@
-from replicator.memory import reuse_large_buffers
+from replicator.cli.main import entry
 
-reuse_large_buffers()
-
-from replicator.cli.main import main  # noqa: E402
-
-raise SystemExit(main())
+entry()
