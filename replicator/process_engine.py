@@ -8,8 +8,9 @@ what comes back and writes the snapshot. Crash safety holds as for the Dask engi
 blobs are written before its refs come back, and only then are its objects recorded.
 
 Workers (worker_pool.py) ignore SIGINT and SIGTERM: a stop is this process's to decide, and it
-waits for the batches in flight (a few hundred small objects each) and records them. Chunks the catalogue already records are not stored again (each worker reads
-it, read-only); a chunk that two batches of one run both meet is stored by each.
+waits for the batches in flight (a few hundred small objects each) and records them. Chunks the
+catalogue already records are not stored again (each worker reads it, read-only); a chunk that
+two batches of one run both meet is stored by each.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class ProcessCopier:
             for fields, refs, problem in done:
                 if problem is not None:
                     (stats.warnings if problem[0] == "changed" else stats.errors).append(problem[1])
-                else:  # refs from our own worker: no need to check them as refs read from a vault are
+                else:  # refs our own workers made: taken as they are (refs read from a vault are checked)
                     ready.append((SourceItem(*fields), [ChunkRef(*r) for r in refs]))
             checksums.extend(sums)
 

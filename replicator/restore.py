@@ -57,8 +57,7 @@ def restore(vault: Vault, job: str, target, at: str | None, prefix: str, dry_run
             return result
 
         local = isinstance(target, LocalTarget) and is_local(vault.store)
-        n = 0 if not (local and reopen and workers is None) else processes if processes is not None else \
-            cpus() if cpus() >= 2 and state.count(prefix)[0] >= AUTO_FROM else 0
+        n = _processes(processes, lambda: state.count(prefix)[0]) if local and reopen and workers is None else 0
         if n and not target.folds():
             log.info("restoring job %s by %d worker processes", job, n)
             settle = lambda entry, outcome, message: _count(entry, outcome, message, result, progress)  # noqa: E731
@@ -83,6 +82,14 @@ def restore(vault: Vault, job: str, target, at: str | None, prefix: str, dry_run
             for w in window:
                 _settle(w, result, progress)
     return result
+
+
+def _processes(asked: int | None, count: Callable[[], int]) -> int:
+    """Worker processes for a restore between local disks: as asked, else one per CPU for
+    AUTO_FROM objects or more."""
+    if asked is not None:
+        return asked
+    return cpus() if cpus() >= 2 and count() >= AUTO_FROM else 0
 
 
 def _settle(pair, result: RestoreResult, progress) -> None:
