@@ -71,17 +71,23 @@ def _context(config_path: str, job_name: str) -> tuple[Vault, Source]:
         if key not in _CONTEXTS:
             from replicator import config as configmod
             from replicator.sources import open_source
-            from replicator.stores import open_store
-            from replicator.vault.keys import load_key_file
 
             cfg = configmod.load(configmod.config_path(config_path))
             job = cfg.job(job_name)
-            v = cfg.vault
-            store = open_store(v.url, configmod.resolve_secrets(v.options, "vault.options"), v.bandwidth, v.immutability)
-            vault = Vault.open(store, load_key_file(v.key_file))
             opts = configmod.resolve_secrets(job.source_options, f"jobs[{cfg.jobs.index(job)}].source_options")
-            _CONTEXTS[key] = (vault, open_source(job, opts))
+            _CONTEXTS[key] = (open_vault(cfg), open_source(job, opts))
         return _CONTEXTS[key]
+
+
+def open_vault(cfg, key_path: str | None = None) -> Vault:
+    """The vault of a loaded config, as a command opens it: the config's key file, or `key_path`."""
+    from replicator import config as configmod
+    from replicator.stores import open_store
+    from replicator.vault.keys import load_key_file
+
+    v = cfg.vault
+    store = open_store(v.url, configmod.resolve_secrets(v.options, "vault.options"), v.bandwidth, v.immutability)
+    return Vault.open(store, load_key_file(Path(key_path) if key_path else v.key_file))
 
 
 def _stored_chunks(path: str):

@@ -88,17 +88,9 @@ def _opened(reopen: tuple[str, str | None], root: str):
     key = (*reopen, root, os.stat(reopen[0]).st_mtime_ns)
     with _LOCK:
         if key not in _OPENED:
-            from pathlib import Path
-
             from replicator import config as configmod
-            from replicator.stores import open_store
+            from replicator.batch_copy import open_vault
             from replicator.targets import LocalTarget
-            from replicator.vault.keys import load_key_file
-            from replicator.vault.vault import Vault
 
-            cfg = configmod.load(configmod.config_path(reopen[0]))
-            v = cfg.vault
-            store = open_store(v.url, configmod.resolve_secrets(v.options, "vault.options"), v.bandwidth, v.immutability)
-            vault = Vault.open(store, load_key_file(Path(reopen[1]) if reopen[1] else v.key_file))
-            _OPENED[key] = (vault, LocalTarget(root))
+            _OPENED[key] = (open_vault(configmod.load(configmod.config_path(reopen[0])), reopen[1]), LocalTarget(root))
         return _OPENED[key]
