@@ -59,6 +59,19 @@ def copy_batch(config_path: str, job: str, items: list[tuple], catalogue: str | 
     return out, vault.take_checksums()
 
 
+def outcomes(done: list, stats, checked: bool = True) -> list[tuple[SourceItem, list[ChunkRef]]]:
+    """What copy_batch returned, on the coordinator: the copied items with their refs (checked as
+    refs from elsewhere are, unless they come from our own processes); an item that changed while
+    it was read is a warning of `stats` (a RunStats), one that failed an error."""
+    copied = []
+    for fields, refs, problem in done:
+        if problem is not None:
+            (stats.warnings if problem[0] == "changed" else stats.errors).append(problem[1])
+        else:
+            copied.append((SourceItem(*fields), [ChunkRef.from_json(r) if checked else ChunkRef(*r) for r in refs]))
+    return copied
+
+
 def _resolved(ref) -> ChunkRef:
     """A ChunkRef, or the future of a packed chunk's (its pack was flushed: resolved or failed)."""
     return ref.result() if isinstance(ref, Future) else ref

@@ -24,7 +24,6 @@ from replicator.config import Config
 from replicator.engine import Progress, RunStats
 from replicator.errors import ReplicatorError, StoreError
 from replicator.sources.base import Source, SourceItem
-from replicator.vault.format import ChunkRef
 from replicator.vault.vault import Vault
 
 log = logging.getLogger("replicator.dask")
@@ -68,13 +67,7 @@ class DaskCopier:
                     raise
                 except Exception as e:  # KilledWorker after Dask's retries, a lost connection, ...
                     raise StoreError(f"a Dask copy task failed: {type(e).__name__}: {e}") from None
-                copied = []
-                for fields, refs, problem in done:
-                    item = SourceItem(*fields)
-                    if problem is not None:
-                        (stats.warnings if problem[0] == "changed" else stats.errors).append(problem[1])
-                        continue
-                    copied.append((item, [ChunkRef.from_json(r) for r in refs]))
+                copied = batch_copy.outcomes(done, stats)
                 with cat.transaction():
                     cat.add_copied(job, copied)
                     cat.record_checksums(checksums)

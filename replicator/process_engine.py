@@ -30,12 +30,10 @@ from replicator.sources.base import Source, SourceItem
 from replicator.stores.base import is_local
 from replicator.vault.format import ChunkRef
 from replicator.vault.vault import Vault
-from replicator.worker_pool import cpus, start_pool
+from replicator.worker_pool import BATCH, start_pool, workers_for
 
 log = logging.getLogger("replicator.processes")
 
-AUTO_FROM = 2000  # [engine] processes unset: worker processes once a run has this many objects to copy
-BATCH = 256  # objects per batch: four full packs of small objects
 RECORD_EVERY = 2048  # objects recorded per catalogue transaction (or what a second brought)
 
 
@@ -45,16 +43,13 @@ class ProcessCopier:
 
     def __init__(self, cfg: Config):
         self.config_path = str(cfg.path.resolve())
-        self.processes = cfg.engine.processes  # None: as many as CPUs, for runs of AUTO_FROM objects or more
+        self.processes = cfg.engine.processes  # None: worker_pool.workers_for decides at each run
 
     def workers_for(self, vault: Vault, source: Source, stats: RunStats) -> int:
         """How many worker processes this run gets (0: copied by threads here)."""
         if not (getattr(source, "local", False) and is_local(vault.store)):
             return 0
-        if self.processes is not None:
-            return self.processes
-        n = cpus()
-        return n if n >= 2 and stats.to_copy >= AUTO_FROM else 0
+        return workers_for(self.processes, lambda: stats.to_copy)
 
     def __call__(self, vault: Vault, cat: Catalogue, job: str, source: Source, stats: RunStats, workers: int,
                  progress: Progress | None, stop: threading.Event | None) -> None:
@@ -77,11 +72,7 @@ class ProcessCopier:
                 done, sums = f.result()
             except BrokenProcessPool:
                 raise StoreError("a copy process died (killed, or out of memory); the next run resumes") from None
-            for fields, refs, problem in done:
-                if problem is not None:
-                    (stats.warnings if problem[0] == "changed" else stats.errors).append(problem[1])
-                else:  # refs our own workers made: taken as they are (refs read from a vault are checked)
-                    ready.append((SourceItem(*fields), [ChunkRef(*r) for r in refs]))
+            ready.extend(batch_copy.outcomes(done, stats, checked=False))  # refs our own workers made
             checksums.extend(sums)
 
         def record() -> None:

@@ -11,13 +11,13 @@ from typing import Callable
 from replicator.errors import ReplicatorError
 from replicator.futures import INLINE_BELOW, run_here
 from replicator.history import History
-from replicator.restore_processes import AUTO_FROM, restore_in_processes
+from replicator.restore_processes import restore_in_processes
 from replicator.stores.base import is_local
 from replicator.targets import LocalTarget, Unrepresentable
 from replicator.vault.manifest import Entry
 from replicator.vault.packs import PackReader
 from replicator.vault.vault import Vault
-from replicator.worker_pool import cpus
+from replicator.worker_pool import workers_for
 
 log = logging.getLogger("replicator.restore")
 
@@ -41,7 +41,7 @@ def restore(vault: Vault, job: str, target, at: str | None, prefix: str, dry_run
     """`reopen` (the config file's path, and the key file's if not the config's) lets worker
     processes open this vault themselves: from a local vault into a local directory, a restore of
     many objects is then written by them (restore_processes.py). `processes` as [engine]
-    processes: None, one per CPU from AUTO_FROM objects on; N, always N; 0, never."""
+    processes (worker_pool.workers_for): None, one per CPU from 2,000 objects on; N, always N; 0, never."""
     history = History.for_job(vault, job)
     if not history.seqs:
         raise ReplicatorError(f"the vault holds no snapshot of job {job!r}")
@@ -57,7 +57,7 @@ def restore(vault: Vault, job: str, target, at: str | None, prefix: str, dry_run
             return result
 
         local = isinstance(target, LocalTarget) and is_local(vault.store)
-        n = _processes(processes, lambda: state.count(prefix)[0]) if local and reopen and workers is None else 0
+        n = workers_for(processes, lambda: state.count(prefix)[0]) if local and reopen and workers is None else 0
         if n and not target.folds():
             log.info("restoring job %s by %d worker processes", job, n)
             settle = lambda entry, outcome, message: _count(entry, outcome, message, result, progress)  # noqa: E731
@@ -82,14 +82,6 @@ def restore(vault: Vault, job: str, target, at: str | None, prefix: str, dry_run
             for w in window:
                 _settle(w, result, progress)
     return result
-
-
-def _processes(asked: int | None, count: Callable[[], int]) -> int:
-    """Worker processes for a restore between local disks: as asked, else one per CPU for
-    AUTO_FROM objects or more."""
-    if asked is not None:
-        return asked
-    return cpus() if cpus() >= 2 and count() >= AUTO_FROM else 0
 
 
 def _settle(pair, result: RestoreResult, progress) -> None:

@@ -18,10 +18,7 @@ from typing import Callable, Iterable
 
 from replicator.errors import ReplicatorError
 from replicator.vault.manifest import Entry
-from replicator.worker_pool import start_pool
-
-AUTO_FROM = 2000  # objects in a restore from which workers are started
-BATCH = 256
+from replicator.worker_pool import BATCH, start_pool
 
 _OPENED: dict[tuple, tuple] = {}
 _LOCK = threading.Lock()

@@ -17,15 +17,29 @@ import signal
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from typing import Callable
 
 from replicator.memory import reuse_large_buffers
 
 log = logging.getLogger("replicator.processes")
 
 
+AUTO_FROM = 2000  # `[engine] processes` unset: workers once a run or restore has this many objects
+BATCH = 256  # objects handed to a worker at a time: four full packs of small objects
+
+
 def cpus() -> int:
     """The CPUs this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def workers_for(asked: int | None, count: Callable[[], int]) -> int:
+    """Worker processes for `count()` objects between local disks: as `[engine] processes` asks,
+    else one per CPU (where there are two or more) from AUTO_FROM objects on; 0: threads do it."""
+    if asked is not None:
+        return asked
+    n = cpus()
+    return n if n >= 2 and count() >= AUTO_FROM else 0
 
 
 def start_pool(n: int) -> ProcessPoolExecutor | None:

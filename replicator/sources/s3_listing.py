@@ -127,8 +127,7 @@ class _ParsedPage:
     def objects(self) -> Iterator[Listed]:
         for info in self.out.get("Contents", []):
             t = info.get("LastModified")
-            yield (info["Key"], int(info["Size"]),
-                   t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if isinstance(t, datetime) else None,
+            yield (info["Key"], int(info["Size"]), _utc(t) if isinstance(t, datetime) else None,
                    (info.get("ETag") or "").strip('"') or None)
 
 
@@ -141,4 +140,8 @@ def _time(text: str | None) -> str | None:
         return f"{m.group(1)}.{(m.group(2) or '').ljust(6, '0')}Z"
     from botocore.utils import parse_timestamp  # another form (an offset, no seconds): botocore's own parser
 
-    return parse_timestamp(text).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return _utc(parse_timestamp(text))
+
+
+def _utc(t: datetime) -> str:
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
