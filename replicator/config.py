@@ -15,6 +15,7 @@ from pathlib import Path
 from datetime import timedelta
 from typing import Any
 
+from replicator import schedules
 from replicator.breaker import Safety
 from replicator.policy import Policy
 from replicator.errors import ConfigError, SecretError
@@ -246,7 +247,7 @@ def _job(t: "_Reader") -> JobConfig:
         raise ConfigError(t.key("source"), "must not be empty")
     schedule = t.string("schedule", default="1h")
     try:
-        validate_schedule(schedule)
+        schedules.validate(schedule)
     except ValueError as e:
         raise ConfigError(t.key("schedule"), str(e)) from None
     include = t.globs("include", default=("**",))
@@ -350,23 +351,6 @@ def _safety(t: "_Reader") -> Safety:
     enabled = t.boolean("enabled", d.enabled)
     t.done()
     return Safety(enabled=enabled, **fractions, **counts)
-
-
-def validate_schedule(text: str) -> None:
-    """A schedule is an interval (`15m`) or a 5-field cron expression."""
-    if len(text.split()) == 5:
-        from apscheduler.triggers.cron import CronTrigger
-
-        try:
-            CronTrigger.from_crontab(text)
-        except ValueError as e:
-            raise ValueError(f"bad cron expression {text!r}: {e}") from None
-        return
-    try:
-        if parse_duration(text).total_seconds() <= 0:
-            raise ValueError("an interval must be longer than zero")
-    except ValueError:
-        raise ValueError(f"expected a cron expression (*/15 * * * *) or an interval like 30s, 15m, 6h; got {text!r}") from None
 
 
 class _Reader:

@@ -28,11 +28,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from replicator import __version__, metrics, systemd
+from replicator import __version__, metrics, schedules, systemd
 from replicator.catalogue import Catalogue
 from replicator.config import Config, JobConfig
 from replicator.errors import ReplicatorError
@@ -51,23 +50,10 @@ MAINTENANCE_EVERY = timedelta(days=1)
 
 def trigger_for(schedule: str):
     """A cron expression or an interval; jitter is a tenth of the period, at most a minute."""
-    if len(schedule.split()) == 5:
-        minute, hour, day, month, dow = schedule.split()
-        return CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=dow,
-                           timezone=timezone.utc, jitter=int(MAX_JITTER))
+    if schedules.is_cron(schedule):
+        return schedules.cron_trigger(schedule, jitter=int(MAX_JITTER))
     seconds = parse_duration(schedule).total_seconds()
     return IntervalTrigger(seconds=seconds, jitter=min(seconds / 10, MAX_JITTER), timezone=timezone.utc)
-
-
-def overdue(schedule: str, last_success: datetime | None, now: datetime) -> bool:
-    """Whether a run was due while the daemon was not running."""
-    if last_success is None:
-        return True
-    if len(schedule.split()) == 5:
-        trig = CronTrigger.from_crontab(schedule, timezone=timezone.utc)
-        nxt = trig.get_next_fire_time(None, last_success)
-        return nxt is not None and nxt <= now
-    return now - last_success >= parse_duration(schedule)
 
 
 class Daemon:
@@ -172,7 +158,7 @@ class Daemon:
                 last = cat.last_runs(job.name)["last_success"]
                 last_dt = datetime.strptime(last, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc) if last else None
                 kwargs = {}
-                if first and overdue(job.schedule, last_dt, now):
+                if first and schedules.overdue(job.schedule, last_dt, now):
                     kwargs["next_run_time"] = now + timedelta(seconds=1)  # missed while down: run once now
                 self.scheduler.add_job(self._run, trigger_for(job.schedule), args=[job.name], id=job.name,
                                        name=job.name, replace_existing=True, **kwargs)

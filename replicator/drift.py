@@ -10,8 +10,9 @@ against a plain MD5, a local file touched without a change, ...) the doubt is se
 the source object and comparing its chunks' keyed hashes with the chunk ids the manifest holds:
 the vault is not read at all.
 
-A difference is *in flight*, not drift, when one schedule interval explains it: the snapshot is
-no older than one interval (plus the run's own duration and a little slack) and the object's
+A difference is *in flight*, not drift, when the schedule explains it: the next scheduled run after
+the snapshot's has not had its time yet (its start, plus the snapshot run's own duration and a
+little slack) and the object's
 source mtime is newer than the snapshot's time (an extra object: it may have been deleted since).
 Everything else is drift; `verify` exits 1 when there is any.
 """
@@ -27,10 +28,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from replicator import schedules
 from replicator.errors import ReplicatorError, SourceChanged, SourceError
 from replicator.history import History
 from replicator.sources.base import SourceItem
-from replicator.units import parse_duration, parse_time
+from replicator.units import parse_time
 from replicator.vault.format import CHUNK_SIZE
 from replicator.vault.manifest import Entry
 from replicator.vault.vault import Vault
@@ -77,19 +79,6 @@ class JobDrift:
         return head
 
 
-def schedule_interval(schedule: str, now: datetime | None = None) -> float:
-    """Seconds between two runs of a schedule: an interval, or the gap between a cron's next two times."""
-    if len(schedule.split()) == 5:
-        from apscheduler.triggers.cron import CronTrigger
-
-        trigger = CronTrigger.from_crontab(schedule, timezone=timezone.utc)
-        now = now or datetime.now(timezone.utc)
-        first = trigger.get_next_fire_time(None, now)
-        second = trigger.get_next_fire_time(first, first + timedelta(seconds=1))
-        return (second - first).total_seconds() if first and second else 86400.0
-    return parse_duration(schedule).total_seconds()
-
-
 def against_source(vault: Vault, job, source, now: float | None = None,
                    read_budget: int = DEFAULT_READ_BUDGET) -> JobDrift:
     """Compare the job's latest snapshot in the vault with what `source` lists now."""
@@ -103,9 +92,11 @@ def against_source(vault: Vault, job, source, now: float | None = None,
     started = parse_time(root.started).timestamp()
     finished = parse_time(root.finished).timestamp()
     report.snapshot, report.snapshot_time = root.seq, root.started
-    report.interval_seconds = interval = schedule_interval(job.schedule)
-    allowance = interval + max(0.0, finished - started) + max(1.0, 0.05 * interval)
-    report.fresh = now - started <= allowance
+    # Fresh until the next scheduled run after this snapshot's has had its time to finish.
+    at = datetime.fromtimestamp(started, timezone.utc)
+    report.interval_seconds = interval = schedules.period(job.schedule, at)
+    due = schedules.next_run(job.schedule, at + timedelta(seconds=1)).timestamp()
+    report.fresh = now <= due + max(0.0, finished - started) + max(1.0, 0.05 * interval)
     with tempfile.TemporaryDirectory(prefix="replicator-drift-") as tmp, history.state(root.seq) as state:
         db = sqlite3.connect(Path(tmp) / "drift.db")
         db.execute("PRAGMA journal_mode=OFF")

@@ -24,6 +24,10 @@ def register(value: str) -> None:
                     _secrets.add(part.split("=", 1)[1])
 
 
+# A URL may carry its credentials itself: https://user:token@host/..., ssh://user@host/...
+_USERINFO = re.compile(r"([a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
+
+
 def redact(text: str) -> str:
     with _lock:
         for s in sorted(_secrets, key=len, reverse=True):
@@ -31,4 +35,6 @@ def redact(text: str) -> str:
                 text = text.replace(s, "***")
     if "=" in text or "Token" in text:
         text = _SIGNED.sub(lambda m: (m.group(1) or m.group(2)) + "***", text)
+    if "@" in text and "://" in text:
+        text = _USERINFO.sub(r"\1***@", text)
     return text

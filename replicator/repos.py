@@ -112,17 +112,20 @@ def parse_descriptor(kind: str, name: str, data: bytes) -> dict:
 
 
 def captures(vault: Vault, history: History, root: SnapshotRoot, prefix: str = "") -> list[RepoCapture]:
-    """Every repository of a git/svn job at one snapshot whose name starts with prefix."""
+    """Every repository of a git/svn job at one snapshot that `prefix` selects: by whole path
+    segments, so `alpha` is the repository `alpha` (or `alpha.git`) or those under `alpha/`,
+    never `alpha.old`."""
     kind = root.kind
     suffix = "/" + DESCRIPTOR[kind]
+    top = prefix.strip("/")
     with history.state(root.seq) as state:
-        entries = {e.key: e for e in state.iter(prefix)}
+        entries = {e.key: e for e in state.iter(top)}
     out = []
     for key, entry in sorted(entries.items()):
         if not key.endswith(suffix):
             continue
         name = key[: -len(suffix)]
-        if not name.startswith(prefix):
+        if top and name not in (top, top + ".git") and not name.startswith(top + "/"):
             continue
         doc = parse_descriptor(kind, name, read_entry(vault, entry))
         increments = doc["bundles"] if kind == "git" else doc["dumps"]

@@ -100,9 +100,42 @@ def test_against_source_refuses_to_mix_with_deep(tmp_path):
     assert "compares with the source only" in p.cli("verify", "--against-source", "--deep", check=None).stderr
 
 
-def test_schedule_interval_of_intervals_and_cron():
-    from replicator.drift import schedule_interval
+def test_schedule_period_of_intervals_and_cron():
+    from replicator.schedules import period
 
-    assert schedule_interval("15m") == 900
-    assert schedule_interval("*/15 * * * *") == 900
-    assert schedule_interval("0 3 * * *") == 86400
+    assert period("15m") == 900
+    assert period("*/15 * * * *") == 900
+    assert period("0 3 * * *") == 86400
+
+
+def test_a_weekday_schedule_keeps_weekend_changes_in_flight(tmp_path):
+    """`0 3 * * 1-5`: the Friday snapshot is fresh until Monday's run has had its time."""
+    from datetime import datetime, timezone
+
+    from replicator.schedules import next_run, period
+
+    friday = datetime(2026, 11, 27, 3, 0, 5, tzinfo=timezone.utc)
+    assert next_run("0 3 * * 1-5", friday) == datetime(2026, 11, 30, 3, 0, tzinfo=timezone.utc)
+    assert period("0 3 * * 1-5", friday) == 86400  # Monday to Tuesday
+    assert next_run("6h", friday) == datetime(2026, 11, 27, 9, 0, 5, tzinfo=timezone.utc)
+
+
+def test_cron_days_of_week_count_from_sunday():
+    """Standard cron: 0 and 7 are Sunday, 1 is Monday (APScheduler 3 alone would count from Monday)."""
+    from datetime import datetime, timezone
+
+    from replicator.schedules import next_run, validate
+
+    saturday = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
+    assert next_run("0 3 * * 1-5", saturday).strftime("%a") == "Mon"
+    assert next_run("0 3 * * 0", saturday).strftime("%a") == "Sun"
+    assert next_run("0 3 * * 7", saturday).strftime("%a") == "Sun"
+    assert next_run("0 3 * * 6", datetime(2026, 11, 27, tzinfo=timezone.utc)).strftime("%a") == "Sat"
+    assert next_run("0 3 * * sat,sun", saturday).strftime("%a") == "Sun"
+    for bad in ("0 3 * * 8", "0 3 * * 5-1", "0 3 * * xyz"):
+        try:
+            validate(bad)
+        except ValueError as e:
+            assert "bad cron expression" in str(e)
+        else:
+            raise AssertionError(bad)

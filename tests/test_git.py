@@ -411,3 +411,89 @@ def test_a_capture_listed_but_never_stored_is_not_built_upon(tmp_path):
     p.cli("restore", "code", "--to", str(out))
     assert_restored(out / "r.git", state(repo))
     assert p.json("verify", "--deep")["ok"]
+
+
+def test_a_ref_renamed_across_a_directory_boundary_is_captured(tmp_path):
+    """`foo` deleted and `foo/bar` created (and back): one atomic fetch that prunes and creates
+    would fail on every run; the mirror drops the stale ref first."""
+    repo = tmp_path / "src" / "r.git"
+    git("init", "-q", "--bare", "-b", "main", str(repo))
+    fast_import(repo, 10)
+    main = refs(repo)["refs/heads/main"]
+    git("-C", str(repo), "update-ref", "refs/heads/foo", main)
+    p = make_project(tmp_path, source=str(tmp_path / "src"))
+    p.cli("run")
+    git("-C", str(repo), "update-ref", "-d", "refs/heads/foo")
+    git("-C", str(repo), "update-ref", "refs/heads/foo/bar", main + "~1")
+    assert p.json("run")["jobs"][0]["ok"]
+    assert ls(p)["r.git"]["refs"] == refs(repo)
+    git("-C", str(repo), "update-ref", "-d", "refs/heads/foo/bar")
+    git("-C", str(repo), "update-ref", "refs/heads/foo", main + "~2")
+    assert p.json("run")["jobs"][0]["ok"]
+    out = tmp_path / "out"
+    p.cli("restore", "code", "--to", str(out))
+    assert_restored(out / "r.git", state(repo))
+
+
+def test_repositories_missing_for_a_while_keep_their_mirrors(tmp_path):
+    """Repositories that vanish for a run (an unmounted share, a lost permission) trip the breaker;
+    their mirrors stay until a snapshot records the deletion, so when they return nothing is
+    copied again. A source directory with no repositories at all is refused outright."""
+    src = tmp_path / "src"
+    for i in range(3):
+        git("init", "-q", "--bare", "-b", "main", str(src / f"r{i}.git"))
+        fast_import(src / f"r{i}.git", 30)
+    p = make_project(tmp_path, source=str(src), safety={"min_objects": 1})
+    p.cli("run")
+    work = tmp_path / "work"
+    git("clone", "-q", str(src / "r1.git"), str(work))
+    commit(work, {"new.txt": b"an increment on top of the first bundle\n"}, "new")
+    git("-C", str(work), "push", "-q", "origin", "main")
+    p.cli("run")
+    assert len(ls(p)["r1.git"]["bundles"]) == 2
+    away = tmp_path / "away"
+    away.mkdir()
+    for name in ("r1.git", "r2.git"):
+        (src / name).rename(away / name)
+    r = p.json("run", check=1)["jobs"][0]
+    assert not r["ok"] and "breaker" in json.dumps(r).lower(), r
+    for name in ("r1.git", "r2.git"):
+        (away / name).rename(src / name)
+    r = p.json("run")["jobs"][0]
+    assert r["ok"] and r["copied"] == 0 and r["tombstones"] == 0, r  # no full capture again
+    assert len(ls(p)["r1.git"]["bundles"]) == 2
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (tmp_path / "q").mkdir()
+    q = make_project(tmp_path / "q", source=str(empty))
+    r = q.json("run", check=2)["jobs"][0]
+    assert "no repositories found" in r["error"], r
+
+
+def test_an_unreachable_repository_is_reported_by_its_cause(tmp_path):
+    not_repo = tmp_path / "plain"
+    not_repo.mkdir()
+    p = make_project(tmp_path, repositories=[f"file://{not_repo}"])
+    r = p.json("run", check=1)["jobs"][0]
+    assert any("does not appear to be a git repository" in e for e in r["errors"]), r["errors"]
+
+
+def test_restore_prefix_selects_whole_repository_paths(tmp_path):
+    src = tmp_path / "src"
+    for name in ("alpha.git", "alpha-old.git", "team/app.git"):
+        git("init", "-q", "--bare", "-b", "main", str(src / name))
+        fast_import(src / name, 3)
+    p = make_project(tmp_path, source=str(src))
+    p.cli("run")
+
+    def restored(prefix: str) -> list[str]:
+        out = tmp_path / f"out-{len(list(tmp_path.glob('out-*')))}"
+        p.cli("restore", "code", "--to", str(out), "--prefix", prefix)
+        return sorted(x.relative_to(out).as_posix() for x in out.rglob("*.git"))
+
+    assert restored("alpha") == ["alpha.git"]
+    assert restored("alpha.git/") == ["alpha.git"]
+    assert restored("team/") == ["team/app.git"]
+    r = p.cli("restore", "code", "--to", str(tmp_path / "none"), "--prefix", "alp")
+    assert "nothing at snapshot 0 matches --prefix 'alp'" in r.stdout

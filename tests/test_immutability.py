@@ -172,6 +172,15 @@ def test_every_vault_object_version_carries_the_configured_retention(mode, tmp_p
         locked = [h for h in heads if h.get("ObjectLockMode") == "COMPLIANCE"]
         assert len(locked) == 1 and abs(locked[0]["ObjectLockRetainUntilDate"].timestamp() - (time.time() + DAY)) < 120
         assert not fs.find(f"{bucket}/replicator/probe/")  # listings stay clean
+        # moto has no IAM: these credentials can add delete markers. Verify and check-config say so,
+        # and a vault "deleted" that way is recognised, never offered to `init` again.
+        assert any("can delete" in w and "delete marker" in w for w in report["warnings"]), report["warnings"]
+        assert any("can delete" in w for w in p.json("check-config")["warnings"])
+        for v in vault_versions(client, bucket):
+            client.delete_object(Bucket=bucket, Key=v["Key"])
+        for cmd in (("verify",), ("run",), ("init",)):
+            r = p.cli(*cmd, check=2)
+            assert "hidden behind delete markers" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_without_object_lock_init_run_and_check_config_refuse(tmp_path, s3_server):
@@ -281,13 +290,20 @@ def test_retention_extension_keeps_live_blobs_protected(tmp_path, s3_server):
     r = extend_retention(vault, cat, 30, 10, now=later)
     assert (r.due, r.extended) == (0, 0)
     # 25 days on, the blob is still live: it is extended to "then + 30 days", as are the root and the pages.
+    # Somebody with the replicator's credentials puts garbage on top of the blob first: the
+    # version the replicator wrote (the oldest) is the one lengthened, not theirs.
     before = until(blob)
+    ours = client.list_object_versions(Bucket=bucket, Prefix=f"replicator/{blob}")["Versions"][0]["VersionId"]
+    client.put_object(Bucket=bucket, Key=f"replicator/{blob}", Body=b"garbage on top")
     later = datetime.now(timezone.utc) + timedelta(days=25)
     r = extend_retention(vault, cat, 30, 10, now=later)
     assert r.ok and r.due == r.extended == 5
-    for key in (blob, root, "config"):
+    for key in (root, "config"):
         assert abs(until(key) - (later.timestamp() + 30 * DAY)) < 5
-    assert until(blob) > before + 20 * DAY
+    mine = client.head_object(Bucket=bucket, Key=f"replicator/{blob}", VersionId=ours)["ObjectLockRetainUntilDate"]
+    assert abs(mine.timestamp() - (later.timestamp() + 30 * DAY)) < 5 and mine.timestamp() > before + 20 * DAY
+    garbage = client.head_object(Bucket=bucket, Key=f"replicator/{blob}")
+    assert "ObjectLockRetainUntilDate" not in garbage  # the bucket has no default retention here
     # The next pass touches nothing: the catalogue knows how long each object is protected.
     r = extend_retention(vault, cat, 30, 10, now=later)
     assert (r.due, r.extended) == (0, 0)
@@ -333,6 +349,9 @@ def test_extension_never_shortens_or_weakens():
                 calls.append((method, kw))
                 if method == "head_object":
                     return {"ObjectLockMode": "COMPLIANCE", "ObjectLockRetainUntilDate": now + timedelta(days=50)}
+                if method == "list_object_versions":  # newest first: an overwrite on top of ours ("v1")
+                    return {"Versions": [{"Key": "vault/data/x", "VersionId": "v2"},
+                                         {"Key": "vault/data/x", "VersionId": "v1"}]}
                 return {}
 
         def _path(self, name):
@@ -344,10 +363,11 @@ def test_extension_never_shortens_or_weakens():
 
     b = S3Retention(FakeS3Store())
     assert b.extend("data/x", Retention("governance", now + timedelta(days=40))) == Retention("compliance", now + timedelta(days=50))
-    assert [c[0] for c in calls] == ["head_object"]
+    assert [c[0] for c in calls] == ["list_object_versions", "head_object"]
+    assert calls[-1][1]["VersionId"] == "v1"
     calls.clear()
     assert b.extend("data/x", Retention("governance", now + timedelta(days=60))) == Retention("compliance", now + timedelta(days=60))
-    assert calls[-1] == ("put_object_retention", {"Bucket": "bkt", "Key": "vault/data/x", "Retention": {
+    assert calls[-1] == ("put_object_retention", {"Bucket": "bkt", "Key": "vault/data/x", "VersionId": "v1", "Retention": {
         "Mode": "COMPLIANCE", "RetainUntilDate": now + timedelta(days=60)}})
 
 

@@ -73,7 +73,7 @@ def run(args, ctx) -> int:
                 return "listable; " + (f"inventory report of {report.time:%Y-%m-%dT%H:%MZ}" if report else why)
             return "listable"
 
-        check(f"job {job.name}: source {job.source}", source_check)
+        check(f"job {job.name}: source {redact(job.source)}", source_check)
         if job.events is not None:
             def events_check(job=job, i=i) -> str:
                 from replicator.events import open_events
@@ -109,4 +109,4 @@ def _protection(store, no_probe: bool) -> tuple[dict | None, list[str]]:
         return result.as_dict(), [f"the vault credentials can delete or overwrite vault objects: {result.how}"]
     if result.protected is None:
         return result.as_dict(), [result.line()]
-    return result.as_dict(), []
+    return result.as_dict(), [result.can_hide] if result.can_hide else []

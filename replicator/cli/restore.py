@@ -15,13 +15,14 @@ def add_parser(sub) -> None:
                                    "s3://bucket/prefix, gs://, az://, sftp://... Endpoint and credentials of the "
                                    "target come from --to-option (values may be env:NAME or file:/path). A git or svn "
                                    "job rebuilds its repositories in a local directory instead: URL/<repo>.git (bare git, "
-                                   "exactly the refs and objects of TIME) or URL/<repo> (svn); --prefix selects repositories.")
+                                   "exactly the refs and objects of TIME) or URL/<repo> (svn); there --prefix selects whole repository paths (`team` is team/ and team.git, "
+                                   "not team-old).")
     p.add_argument("job", metavar="JOB")
     p.add_argument("--to", required=True, metavar="URL", help="where to write")
     p.add_argument("--to-option", action="append", default=[], metavar="KEY=VALUE",
                    help="target option, e.g. endpoint_url=http://... key=env:AWS_KEY (repeatable)")
     p.add_argument("--at", metavar="TIME", help="ISO 8601 or an age like 3d (default: latest)")
-    p.add_argument("--prefix", metavar="P", default="", help="only keys starting with P")
+    p.add_argument("--prefix", metavar="P", default="", help="only keys starting with P (git/svn: the repository P, or those under P/)")
     p.add_argument("--dry-run", action="store_true", help="say what would be written, write nothing")
     p.add_argument("--workers", type=int, metavar="N",
                    help="threads writing objects at once (default 8; from a local vault to a local directory, "
@@ -53,6 +54,8 @@ def run(args, ctx) -> int:
     noun = "objects" if r.kind == "objects" else f"{r.kind} repositories"  # git/svn: rebuilt repositories
     human = (f"{args.job}: {verb} {r.objects} {noun} ({human_bytes(r.bytes)}) from snapshot {r.snapshot} "
              f"of {r.time} to {args.to}")
+    if args.prefix and not r.objects and not r.errors and not r.skipped:
+        human += f"\nnothing at snapshot {r.snapshot} matches --prefix {args.prefix!r}"
     if r.skipped:
         human += f"\n{len(r.skipped)} keys cannot be represented on the target:\n  " + "\n  ".join(r.skipped[:20])
     if r.errors:

@@ -153,6 +153,8 @@ def _protection(args, cfg, vault, cat, r) -> tuple[dict, list[str]]:
             notes.append(f"lock configuration: {probe.lock['summary']}")
         if probe.protected:
             notes.append(probe.line())
+            if probe.can_hide:
+                r.warnings.append(probe.can_hide)
         elif imm is not None:
             r.problems.append(probe.line())
         else:

@@ -5,7 +5,8 @@ Each repository R becomes:
   R/bundles/<sha256> a git bundle with the objects new since the capture it builds on
 
 A local bare mirror per repository (`<state>/git/<job>/<safe>.git`) is updated with one
-`git fetch --prune --force --atomic '+refs/*:refs/*'`: upload-pack advertises the refs at one
+`git fetch --prune --force --atomic '+refs/*:refs/*'` (refs the source dropped are deleted just
+before it, see `_drop_refs`): upload-pack advertises the refs at one
 moment and sends a pack closed under those refs, so a push racing with the capture is either
 in it or not, never half. Bundles are cut from the mirror, never from the live repository.
 The rules (what a new bundle builds on) are in docs/FORMAT.md, "Repository captures".
@@ -138,6 +139,7 @@ class GitSource(RepoSource):
         refs = self._refs(mirror, what)
         detached = head.get("detached") if head else None
         if refs != remote_refs or (detached and not self._existing(mirror, [detached], what)):
+            self._drop_refs(mirror, [r for r in refs if r not in remote_refs], what)
             fetched_head = self._fetch(repo, mirror, what, with_head=bool(detached))
             refs = self._refs(mirror, what)
             if detached:
@@ -206,6 +208,15 @@ class GitSource(RepoSource):
             if _SHA.match(sha) and "' of " not in rest.partition("\t")[2]:
                 return sha
         raise SourceError(f"{what}: fetch did not report the detached HEAD")
+
+    def _drop_refs(self, mirror: Path, names: list[str], what: str) -> None:
+        """Delete the mirror's refs that the source no longer has, before the fetch. `fetch --prune
+        --atomic` would do it in the same transaction as the updates, and git refuses that when a
+        new ref and a pruned one share a path (`foo` gone, `foo/bar` new): the repository would
+        never be captured again. The objects stay in the mirror."""
+        if names:
+            self.git(["-C", str(mirror), "update-ref", "--stdin"], f"{what}: prune",
+                     input="".join(f"delete {n}\n" for n in names).encode())
 
     def _existing(self, mirror: Path, shas: list[str], what: str) -> list[str]:
         if not shas:

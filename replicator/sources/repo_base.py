@@ -76,16 +76,19 @@ def run_tool(args: list[str], what: str, *, env: dict[str, str] | None = None, c
 
 
 def last_line(stderr: bytes | str | None) -> str:
+    """The line of a tool's stderr that names the cause: its first `fatal:` / `error:` / `svnadmin:
+    E...` line when there is one (git follows the cause with generic advice), else its last line."""
     if not stderr:
         return ""
     text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else stderr
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return redact(_strip_userinfo(lines[-1]))[:300] if lines else ""
+    causes = [ln for ln in lines if _CAUSE.match(ln)]
+    line = causes[0] if causes else (lines or [""])[-1]
+    return redact(line)[:300]
 
 
-def _strip_userinfo(text: str) -> str:
-    """https://user:token@host/... -> https://***@host/... in messages."""
-    return re.sub(r"([a-z][a-z0-9+.-]*://)[^/@\s]+@", r"\1***@", text)
+_CAUSE = re.compile(r"^(fatal|error|svn\w*: E\d+):", re.IGNORECASE)
+
 
 
 def sha256_file(path: Path) -> str:
@@ -117,8 +120,8 @@ def write_json(work: Path, stem: str, obj: Any) -> tuple[Path, bytes, str]:
 
 def find_repositories(top: Path, is_repo: Callable[[Path], bool], what: str) -> list[tuple[str, Path]]:
     """(name, path) of every repository under top, names relative to top. A directory that is
-    a repository is not searched further. An unreadable directory fails the whole listing:
-    skipping it would make its repositories look deleted."""
+    a repository is not searched further. An unreadable directory, or none found at all, fails
+    the whole listing: going on would make repositories look deleted."""
     if not top.is_dir():
         raise SourceError(f"{what} source {top}: not a directory (or not reachable)")
     if is_repo(top):
@@ -141,6 +144,8 @@ def find_repositories(top: Path, is_repo: Callable[[Path], bool], what: str) -> 
             else:
                 subdirs.append(p)
         stack.extend(reversed(subdirs))
+    if not found:  # far more often an unmounted share or a typo than a server without repositories
+        raise SourceError(f"{what} source {top}: no repositories found in it or below it")
     return sorted(found)
 
 
@@ -224,7 +229,11 @@ class RepoSource:
             for cap in pool.map(one, repos):
                 self._files.update(cap.files)
                 yield from cap.items
-        self._forget_others({r.safe for r in repos})
+        # A repository missing now but still at the head snapshot keeps its mirror until a snapshot
+        # records its deletion: a source that is briefly empty (an unmounted share, a breaker that
+        # holds the run back) must not turn the next run into a full capture of everything.
+        at_head = {k.rsplit("/", 1)[0] for k in committed if k.endswith(f"/{self.descriptor}")}
+        self._forget_others({r.safe for r in repos} | {Repo(name, "").safe for name in at_head})
 
     def _keep(self, repo: Repo, committed: Committed, error: str) -> Capture:
         """A repository that cannot be captured now keeps its head state (no tombstones), and its

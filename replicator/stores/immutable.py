@@ -93,6 +93,15 @@ class ProbeResult:
         return {"protected": self.protected, "how": self.how, "lock": self.lock, "canary": self.canary,
                 "attempts": [asdict(a) for a in self.attempts], "immutability": self.immutability, "time": self.time}
 
+    @property
+    def can_hide(self) -> str:
+        """A delete that only added a delete marker: history survives, but anyone holding these
+        credentials can make the vault look empty. "" when no such delete succeeded."""
+        a = next((a for a in self.attempts if a.outcome == "survived" and "delete" in a.action.lower()), None)
+        return (f"the vault credentials can delete ({a.action} succeeded): history survives behind delete "
+                "markers, but anyone holding them can make the vault look empty; deny s3:DeleteObject "
+                "(docs/OPERATIONS.md)") if a else ""
+
     def line(self) -> str:
         if self.protected:
             return "vault is protected: the replicator's own credentials could not delete or overwrite a canary"
@@ -239,6 +248,19 @@ def find_immutable(store) -> ImmutableStore | None:
 
 def innermost(store):
     return list(layers(store))[-1]
+
+
+def hidden_by_delete_markers(store, name: str) -> bool:
+    """Whether `name` is missing only because a delete marker hides its versions (S3 with
+    versioning): a vault "deleted" with credentials that can delete, yet intact underneath."""
+    raw = innermost(store)
+    backend = backend_for(raw)
+    if backend is None or not hasattr(backend, "hidden"):
+        return False
+    try:
+        return backend.hidden(name)
+    except ReplicatorError:  # e.g. no s3:ListBucketVersions: cannot tell, as before
+        return False
 
 
 def require_protection(store) -> LockStatus | None:

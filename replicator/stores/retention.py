@@ -117,19 +117,50 @@ class S3Retention(_Base):
         self.store.put(name, data, ObjectLockMode=_S3_MODE[retention.mode],
                        ObjectLockRetainUntilDate=_utc(retention.until))
 
-    def retention(self, name: str) -> Retention | None:
-        head = self._call("head_object", name, Key=self._key(name))
+    def first_version(self, name: str) -> dict:
+        """{"VersionId": ...} of the object's oldest version, the one the replicator wrote: its puts
+        are create-only, so a version on top is somebody else's overwrite, and lengthening the
+        newest version would protect that one while ours lapses. {} in an unversioned bucket."""
+        key, oldest, kw = self._key(name), None, {}
+        while True:
+            page = self._call("list_object_versions", name, Prefix=key, **kw)
+            for v in page.get("Versions") or []:
+                if v.get("Key") == key:
+                    oldest = v.get("VersionId")  # newest first: the last one seen is the oldest
+            if not page.get("IsTruncated"):
+                break
+            kw = {"KeyMarker": page.get("NextKeyMarker"), "VersionIdMarker": page.get("NextVersionIdMarker")}
+        if oldest is None:
+            raise NotFound(f"{name} not found in {self.store.url}")
+        return {} if oldest == "null" else {"VersionId": oldest}
+
+    def hidden(self, name: str) -> bool:
+        """The object has versions, but none is current (a delete marker hides them)."""
+        try:
+            self.first_version(name)
+        except NotFound:
+            return False
+        try:
+            self.store.stat(name)
+        except NotFound:
+            return True
+        return False
+
+    def retention(self, name: str, version: dict | None = None) -> Retention | None:
+        version = self.first_version(name) if version is None else version
+        head = self._call("head_object", name, Key=self._key(name), **version)
         mode, until = head.get("ObjectLockMode"), head.get("ObjectLockRetainUntilDate")
         if not mode or not until:
             return None
         return Retention(mode.lower(), _utc(until))
 
     def extend(self, name: str, retention: Retention) -> Retention:
-        current = self.retention(name)
+        version = self.first_version(name)
+        current = self.retention(name, version)
         target = lengthened(current, retention)
         if target is None:
             return current
-        self._call("put_object_retention", name, Key=self._key(name),
+        self._call("put_object_retention", name, Key=self._key(name), **version,
                    Retention={"Mode": _S3_MODE[target.mode], "RetainUntilDate": target.until})
         return target
 

@@ -26,6 +26,7 @@ from replicator.errors import (AlreadyExists, IntegrityError, NotFound, PrivateK
                                WrongKey)
 from replicator.stores import Store
 from replicator.stores.base import checksums_of
+from replicator.stores.immutable import hidden_by_delete_markers
 from replicator.vault import crypto, keys
 from replicator.vault.crypto import Random
 from replicator.vault.format import (CHUNK_SIZE, CONFIG_NAME, FORMAT_NAME, FORMAT_VERSION, ChunkRef,
@@ -71,6 +72,8 @@ class Vault:
             store.create()
         if cls.exists(store):
             raise VaultError(f"a vault already exists at {store.url}; refusing to touch it")
+        if hidden_by_delete_markers(store, CONFIG_NAME):
+            raise VaultError(_HIDDEN.format(url=store.url))
         config = {
             "format": FORMAT_NAME, "version": FORMAT_VERSION, "vault_id": uuid.UUID(bytes=rng(16)).hex,
             "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -102,6 +105,8 @@ class Vault:
         try:
             config_bytes = store.get(CONFIG_NAME)
         except NotFound:
+            if hidden_by_delete_markers(store, CONFIG_NAME):
+                raise VaultError(_HIDDEN.format(url=store.url)) from None
             raise VaultError(f"no vault at {store.url} (run `replicator init` first)") from None
         try:
             config = json.loads(config_bytes)
@@ -451,6 +456,9 @@ def _signed_message(vault_id: str, job_id: str, root_json: bytes) -> bytes:
     return f"replicator root v1|{vault_id}|{job_id}|".encode() + root_json
 
 
+_HIDDEN = ("the vault at {url} is hidden behind delete markers: somebody deleted its objects with credentials "
+           "that can delete, and their versions are intact underneath. Do not `init` over it: remove the delete "
+           "markers (docs/OPERATIONS.md, \"A vault hidden behind delete markers\")")
 _PLAIN_OFFSET = 8  # the u64 payload length in front of the payload (FORMAT.md §5)
 _MAX_HEADER = 128  # more than any blob header (75 for wrap 1, 107 for wrap 2)
 _ONE_GET = 1 << 20  # read header and segments in one GET when they end within this many bytes
