@@ -150,6 +150,13 @@ class Catalogue:
         row = self.db.execute("SELECT ref FROM chunks WHERE id=?", (chunk_id,)).fetchone()
         return ChunkRef.from_json(json.loads(row[0])) if row else None
 
+    def stored_blobs(self) -> tuple[int, int]:
+        """(blobs, bytes) of the content blobs the chunk index refers to (a pack counted once).
+        One pass over the index: about a second per million chunks."""
+        return tuple(self.db.execute(
+            "SELECT count(*), coalesce(sum(size), 0) FROM (SELECT max(json_extract(ref, '$[1]')) AS size "
+            "FROM chunks GROUP BY json_extract(ref, '$[0]'))").fetchone())
+
     # -- a run ------------------------------------------------------------------------
 
     def start_listing(self, job: str, progress: dict | None = None) -> None:

@@ -390,6 +390,8 @@ class _Reader:
             return default
         if not isinstance(v, str):
             raise ConfigError(self.key(name), f"expected a string, got {_kind(v)}")
+        if "\0" in v:  # no path, URL, name or schedule holds one; the OS would refuse it much later
+            raise ConfigError(self.key(name), "must not contain a NUL character")
         return v
 
     def strings(self, name: str) -> tuple[str, ...]:
@@ -400,8 +402,8 @@ class _Reader:
         if not isinstance(v, list):
             raise ConfigError(self.key(name), f"expected a list of strings, got {_kind(v)}")
         for i, x in enumerate(v):
-            if not isinstance(x, str) or not x:
-                raise ConfigError(f"{self.key(name)}[{i}]", "expected a non-empty string")
+            if not isinstance(x, str) or not x or "\0" in x:
+                raise ConfigError(f"{self.key(name)}[{i}]", "expected a non-empty string without NUL characters")
         return tuple(v)
 
     def number(self, name: str, default: float, lo: float, hi: float, integer: bool = False) -> float:

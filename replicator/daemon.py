@@ -3,9 +3,14 @@
 - APScheduler runs each job on a cron or interval trigger with jitter; one run of a job
   at a time (an overlapping run is skipped and counted); a run that was due while the
   daemon was down runs once at start.
-- SIGTERM/SIGINT: stop scheduling, let in-flight objects finish (what finished is
-  recorded as pending; the snapshot is written by the next run), exit 0.
-- SIGHUP: reload the config; a bad one is rejected and the old one keeps running.
+- SIGTERM/SIGINT: stop scheduling, cancel objects not started, let the ones in hand finish (a
+  large one gives up between chunks) with the bandwidth limit lifted, so the stop fits systemd's
+  TimeoutStopSec; what finished is recorded as pending (the next run writes the snapshot); exit 0.
+- SIGHUP: reload the config; a bad one is rejected and the old one keeps running. A job whose
+  schedule is unchanged keeps its next run time; a new job or a changed schedule gets a new
+  trigger (and runs at once if a run is overdue by it); a removed job's metrics are dropped.
+- Every VAULT_METRICS_EVERY seconds: the verify, probe and coverage metrics from the catalogue,
+  so a `replicator verify` by the systemd timer shows without a run.
 - systemd: READY=1 when scheduled, WATCHDOG=1 while the main loop is alive, STATUS= lines.
 - Metrics at http://[metrics].listen/metrics, and nothing else there.
 - Jobs with `[jobs.events]` (issue 9): a consumer thread per job receives the source's change
@@ -38,7 +43,8 @@ from replicator.errors import ReplicatorError
 from replicator.immutability import last_probe, maintain, observe_probe
 from replicator.lock import StateLock
 from replicator.redact import redact
-from replicator.runs import observe_catalogue, run_event_batch, run_one
+from replicator.runs import observe_catalogue, observe_stored, observe_vault, run_event_batch, run_one
+from replicator.stores.throttle import release
 from replicator.units import format_time, parse_duration
 from replicator.vault.vault import Vault
 
@@ -46,6 +52,10 @@ log = logging.getLogger("replicator.daemon")
 MAX_JITTER = 60.0
 MAINTENANCE = "@vault-maintenance"  # not a valid job name, so it cannot collide with one
 MAINTENANCE_EVERY = timedelta(days=1)
+VAULT_METRICS = "@vault-metrics"
+VAULT_METRICS_EVERY = 10  # seconds: point reads of the catalogue's meta
+COVERAGE_EVERY = 3600  # seconds: coverage is one pass over the tracked blobs; also after each new verify
+INTERNAL = (MAINTENANCE, VAULT_METRICS)
 
 
 def trigger_for(schedule: str):
@@ -72,6 +82,10 @@ class Daemon:
         self.http: ThreadingHTTPServer | None = None
         self._job_locks: dict[str, threading.Lock] = {}  # one run of a job at a time, scheduled or event
         self._consumers: dict[str, "EventConsumer"] = {}
+        self._schedules: dict[str, str] = {}  # job -> the schedule its trigger was made from
+        self._verify_seen: tuple[str | None, float] = (None, 0.0)  # verify record, monotonic time of coverage
+        self._counter: threading.Thread | None = None  # counting the stored blobs (_count_stored)
+        self._recount = False  # count again once the current count is done
 
     def job_lock(self, name: str) -> threading.Lock:
         with self._lock:
@@ -80,7 +94,7 @@ class Daemon:
     # -- lifecycle -----------------------------------------------------------------
 
     def serve(self) -> int:
-        with StateLock(self.config.state_dir, "daemon"):
+        with StateLock(self.config.state_dir, "daemon", vault=self.vault):
             metrics.BUILD.info({"version": __version__})
             metrics.DAEMON_START.set(time.time())
             self._start_metrics()
@@ -88,6 +102,7 @@ class Daemon:
                                  (signal.SIGHUP, self._on_hup)):
                 signal.signal(sig, handler)
             self._schedule(self.config, first=True)
+            self._schedule_vault_metrics()
             self.scheduler.start()
             self._start_consumers(self.config)
             systemd.notify("READY=1")
@@ -119,6 +134,7 @@ class Daemon:
 
     def _on_stop(self, signum, frame) -> None:
         self.stop.set()
+        release(self.vault.store)  # what is in flight finishes at full speed, within TimeoutStopSec
 
     def _on_hup(self, signum, frame) -> None:
         self._reload.set()
@@ -134,37 +150,111 @@ class Daemon:
                 vault = self.vault
             if new.state_dir != self.config.state_dir:
                 raise ReplicatorError("state.dir cannot change while the daemon runs; restart it")
+            if new.vault.url != self.config.vault.url:  # the lease (one writer per vault) is on the old one
+                raise ReplicatorError("vault.url cannot change while the daemon runs; restart it")
         except ReplicatorError as e:
             metrics.CONFIG_RELOADS.labels("failure").inc()
             log.error("config reload rejected, the old config keeps running: %s", redact(str(e)))
             return
+        other_vault = vault is not self.vault
         with self._lock:
             self.config, self.vault = new, vault
-        for job in list(self.scheduler.get_jobs()):
-            job.remove()
-        self._schedule(new, first=False)
         self._stop_consumers()
+        self._schedule(new, first=False)
+        if other_vault:
+            self._count_stored_soon()
         self._start_consumers(new)
         metrics.CONFIG_RELOADS.labels("success").inc()
         log.info("config reloaded: %d jobs scheduled", len(new.jobs))
 
     def _schedule(self, cfg: Config, first: bool) -> None:
+        """Give each job a trigger, keeping those whose schedule did not change (and so their next run
+        time); drop removed jobs. A new trigger runs the job at once if a run is overdue by it (missed
+        while the daemon was down, or by a schedule changed to a shorter one). `first`: at start."""
         now = datetime.now(timezone.utc)
         cat = Catalogue(cfg.state_dir / "catalogue.db")
         try:
             cat.bind(self.vault.vault_id)
+            for name in set(self._schedules) - {job.name for job in cfg.jobs}:
+                self._forget(cat, name)
             for job in cfg.jobs:
                 observe_catalogue(cat, job.name)
+                if self._schedules.get(job.name) == job.schedule and self.scheduler.get_job(job.name):
+                    continue
                 last = cat.last_runs(job.name)["last_success"]
                 last_dt = datetime.strptime(last, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc) if last else None
                 kwargs = {}
-                if first and schedules.overdue(job.schedule, last_dt, now):
-                    kwargs["next_run_time"] = now + timedelta(seconds=1)  # missed while down: run once now
+                if schedules.overdue(job.schedule, last_dt, now):
+                    kwargs["next_run_time"] = now + timedelta(seconds=1)  # missed: run once now
                 self.scheduler.add_job(self._run, trigger_for(job.schedule), args=[job.name], id=job.name,
                                        name=job.name, replace_existing=True, **kwargs)
+                self._schedules[job.name] = job.schedule
+            if first:  # at start; then after runs that add blobs
+                self._count_stored_soon()
             self._schedule_maintenance(cat, now)
         finally:
             cat.close()
+
+    def _forget(self, cat: Catalogue, name: str) -> None:
+        """A job removed by a reload: no trigger, no metrics (a stale-copy alert must not fire for it)."""
+        if self.scheduler.get_job(name):
+            self.scheduler.remove_job(name)
+        del self._schedules[name]
+        metrics.forget_job(name)
+        cat.set_meta(f"next_run:{name}", None)
+        log.info("job %s: removed from the config; no longer scheduled", name)
+
+    def _schedule_vault_metrics(self) -> None:
+        self.scheduler.add_job(self._observe_vault, IntervalTrigger(seconds=VAULT_METRICS_EVERY, timezone=timezone.utc),
+                               id=VAULT_METRICS, name=VAULT_METRICS, replace_existing=True)
+
+    def _observe_vault(self) -> None:
+        """Catalogue-derived vault metrics, also when no job runs: a verify made by the systemd timer
+        (another process) shows within seconds; coverage is recounted after a new verify, else hourly."""
+        with self._lock:
+            cfg = self.config
+        cat = None
+        try:
+            cat = Catalogue(cfg.state_dir / "catalogue.db")
+            record = cat.meta("verify:last")
+            seen, counted = self._verify_seen
+            recount = record != seen or time.monotonic() - counted >= COVERAGE_EVERY
+            observe_vault(cat, coverage=recount)
+            if recount:
+                self._verify_seen = (record, time.monotonic())
+        except Exception as e:  # a busy or damaged catalogue: the next refresh tries again
+            log.warning("vault metrics: %s", redact(str(e)))
+        finally:
+            if cat is not None:
+                cat.close()
+
+    def _count_stored_soon(self) -> None:
+        """Count the vault's stored blobs in a thread of its own: one pass over the chunk index (minutes
+        for a hundred million chunks) must not hold up READY=1, a reload or a run. Not a scheduler job:
+        adding one from a run ending while the scheduler shuts down would deadlock it."""
+        with self._lock:
+            self._recount = True
+            if self._counter is None:
+                self._counter = threading.Thread(target=self._count_stored, name="vault-size", daemon=True)
+                self._counter.start()
+
+    def _count_stored(self) -> None:
+        """Count until no count was asked for meanwhile."""
+        while True:
+            with self._lock:
+                if not self._recount or self.stop.is_set():
+                    self._counter = None
+                    return
+                self._recount, cfg = False, self.config
+            cat = None
+            try:
+                cat = Catalogue(cfg.state_dir / "catalogue.db")
+                observe_stored(cat)
+            except Exception as e:  # a busy or damaged catalogue: the next run counts again
+                log.warning("vault size: %s", redact(str(e)))
+            finally:
+                if cat is not None:
+                    cat.close()
 
     def _schedule_maintenance(self, cat: Catalogue, now: datetime) -> None:
         """Daily: the immutability probe and, with [vault.immutability], retention extension. A day after
@@ -190,7 +280,7 @@ class Daemon:
             log.exception("vault maintenance: unexpected failure")
 
     def _skipped(self, event) -> None:
-        if event.job_id == MAINTENANCE:
+        if event.job_id in INTERNAL:
             return
         metrics.JOB_RUNS.labels(event.job_id, "skipped_overlap").inc()
         log.warning("job %s: a run is still going; this scheduled run is skipped", event.job_id)
@@ -216,8 +306,10 @@ class Daemon:
             outcome = run_one(cfg, vault, job, stop=self.stop)
             if outcome.stats is None:
                 log.error("job %s: run failed: %s", name, outcome.error)
-            elif not outcome.ok:
+            elif not outcome.ok and not outcome.stats.stopped:
                 log.error("job %s: run finished with errors: %s", name, "; ".join(outcome.stats.errors[:5]))
+            if outcome.stats is not None and outcome.stats.copied:
+                self._count_stored_soon()
         except ReplicatorError as e:
             log.error("job %s: run failed: %s", name, redact(str(e)))
         except Exception:
@@ -225,6 +317,8 @@ class Daemon:
         finally:
             lock.release()
             self._running.pop(name, None)
+            if name not in self._schedules:  # removed by a reload while it ran: its metrics go too
+                metrics.forget_job(name)
             self._status()
 
     # -- event consumers (issue 9) ----------------------------------------------------------
@@ -250,7 +344,7 @@ class Daemon:
         nexts = []
         cat = None
         for j in jobs:
-            if j.next_run_time and j.id != MAINTENANCE:
+            if j.next_run_time and j.id not in INTERNAL:
                 metrics.JOB_NEXT_RUN.labels(j.id).set(j.next_run_time.timestamp())
                 nexts.append((j.next_run_time, j.id))
         if self._running:

@@ -8,6 +8,11 @@ Order of effects, which is what makes a crash at any moment safe:
   4. the catalogue commits the new head together with the sealed root's bytes, then the
      root is put; if the process dies between the two, the next run puts those same bytes
      (`put_unwritten_root`), which needs no key that reads manifests (write-only vaults).
+
+A graceful stop (the `stop` event) ends a run within a few chunks' time: objects not started are
+cancelled, single-chunk objects in hand finish and are recorded as pending, a large object gives
+up between chunks (its stored chunks stay unrecorded, harmless; the next run copies it again),
+and no snapshot is written (`RunStats.stopped`; the next run resumes).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Callable
 from replicator.breaker import Counts, evaluate, looks_encrypted
 from replicator.catalogue import Catalogue
 from replicator.config import JobConfig
-from replicator.errors import IntegrityError, PrivateKeyNeeded, SourceChanged, SourceError
+from replicator.errors import IntegrityError, PrivateKeyNeeded, SnapshotTaken, SourceChanged, SourceError, VaultError
 from replicator.futures import INLINE_BELOW, run_here
 from replicator.history import History
 from replicator.listing import list_source
@@ -41,6 +46,7 @@ log = logging.getLogger("replicator.engine")
 
 CHECKPOINT_EVERY = 200  # a checkpoint and at most 199 deltas after it
 PACK_MAX_AGE = 30.0  # seconds a partly filled pack may wait for more small chunks
+PROGRESS_EVERY = 0.5  # seconds between progress calls while waiting for objects in flight
 
 
 @dataclass
@@ -52,6 +58,7 @@ class RunStats:
     to_copy_bytes: int = 0
     copied: int = 0
     copied_bytes: int = 0
+    stored_bytes: int = 0  # source bytes stored so far, objects still in flight included (progress)
     reused: int = 0  # chunks found already in the vault
     unchanged: int = 0
     tombstones: int = 0
@@ -61,6 +68,7 @@ class RunStats:
     breaker: str | None = None  # why the breaker tripped, if it did
     held: int = 0  # changes held back by the breaker
     dry_run: bool = False
+    stopped: bool = False  # a graceful stop ended the run before its snapshot (not an error: the next run resumes)
     seconds: float = 0.0
     history: dict | None = None  # issue 10, history = "all": versions imported from the source (history_import.py)
 
@@ -96,7 +104,17 @@ def put_unwritten_root(vault: Vault, cat: Catalogue, job: str) -> None:
     if pending is None:
         return
     seq, sealed = pending.split(" ", 1)
-    vault.put_snapshot(vault.job_id(job), int(seq), base64.b64decode(sealed))
+    try:
+        vault.put_snapshot(vault.job_id(job), int(seq), base64.b64decode(sealed))
+    except SnapshotTaken:
+        # Another writer (one that ignored or predates the vault lease) stored its snapshot first.
+        # Ours is discarded, its blobs stay unreferenced; the next run adopts the vault's history.
+        with cat.transaction():
+            cat.reset_job(job)
+            cat.set_meta(_UNWRITTEN + job, None)
+        raise VaultError(f"job {job}: snapshot {seq} was written by another replicator at the same time; this "
+                         "run's snapshot is discarded (what it copied stays in the vault) and the next run "
+                         "continues from the vault's history") from None
     with cat.transaction():
         cat.record_checksums(vault.take_checksums())
         cat.set_meta(_UNWRITTEN + job, None)
@@ -161,7 +179,7 @@ def run_job(vault: Vault, cat: Catalogue, job: JobConfig, source: Source, *, dry
 
     started = list_source(cat, job, source, stats, started, progress, stop)
     if stop is not None and stop.is_set():
-        stats.errors.append("stopped while listing; the next run resumes the listing")
+        stats.stopped = True  # while listing: the next run resumes the listing
         stats.seconds = time.monotonic() - t0
         return stats
     stats.to_copy, stats.to_copy_bytes = cat.count_to_copy(job.name)
@@ -177,7 +195,7 @@ def run_job(vault: Vault, cat: Catalogue, job: JobConfig, source: Source, *, dry
 
     (copier or _copy)(vault, cat, job.name, source, stats, workers, progress, stop)
     if stop is not None and stop.is_set():
-        stats.errors.append("stopped before the snapshot was written; the next run resumes")
+        stats.stopped = True  # what was copied is pending: the next run resumes and writes the snapshot
         stats.seconds = time.monotonic() - t0
         return stats
     _write_snapshot(vault, cat, job, started, stats)
@@ -192,9 +210,14 @@ def _copy(vault: Vault, cat: Catalogue, job: str, source: Source, stats: RunStat
     Small chunks go into packs (vault/packs.py), large ones into a blob each. An item is done
     when all its chunks are verifiably stored: for a packed chunk, when its pack is written.
     Only then is it recorded as pending (with its chunks in the chunk index), so a crash at any
-    moment leaves no reference to anything missing."""
+    moment leaves no reference to anything missing. `stats.stored_bytes` grows as chunks are
+    stored, and `progress` is called at least every PROGRESS_EVERY seconds, so progress moves
+    while large objects copy."""
     lock = threading.Lock()
     packer = PackWriter(vault)
+
+    def stopping() -> bool:
+        return stop is not None and stop.is_set()
 
     def known(cid: str) -> ChunkRef | Future | None:
         found = packer.pending(cid)  # first: a chunk leaves it only once the catalogue has it
@@ -216,6 +239,8 @@ def _copy(vault: Vault, cat: Catalogue, job: str, source: Source, stats: RunStat
                     stats.reused += 1
         elif ref is None:
             ref = vault.write_chunk(data, cid=cid)
+        with lock:
+            stats.stored_bytes += len(data)
         return ref
 
     # The chunks of a large object are stored (hashed, compressed, sealed, written) in parallel by a
@@ -239,17 +264,28 @@ def _copy(vault: Vault, cat: Catalogue, job: str, source: Source, stats: RunStat
             raise
 
     def copy_one(item: SourceItem) -> list[ChunkRef | Future]:
+        if stopping():
+            raise _GivenUp(item.key)  # picked up after a stop: not started
         if item.size <= CHUNK_SIZE:
             return [store(data) for data in source.read(item, CHUNK_SIZE)]
         if getattr(source, "parallel_parts", False):
-            futures = [submit(lambda start=start: source.read_part(item, start, min(start + CHUNK_SIZE, item.size)))
-                       for start in range(0, item.size, CHUNK_SIZE)]
+            futures = []
+            try:
+                for start in range(0, item.size, CHUNK_SIZE):
+                    if stopping():
+                        raise _GivenUp(item.key)
+                    futures.append(submit(lambda start=start: source.read_part(item, start, min(start + CHUNK_SIZE, item.size))))
+            except BaseException:
+                wait(futures)  # nothing of this object left running when it is given up
+                raise
             refs = [f.result() for f in futures]
             source.finish_parts(item)
             return refs
         futures, chunks = [], source.read(item, CHUNK_SIZE)
         try:
             while True:
+                if stopping():
+                    raise _GivenUp(item.key)  # between chunks: its stored chunks stay unrecorded
                 slots.acquire()  # before the read: a thread waiting for a slot holds no chunk
                 try:
                     data = next(chunks, None)
@@ -300,6 +336,8 @@ def _copy(vault: Vault, cat: Catalogue, job: str, source: Source, stats: RunStat
             item = in_flight.pop(f)
             try:
                 refs = f.result()
+            except _GivenUp:
+                continue  # stopped: not recorded, the next run copies it
             except SourceChanged as e:
                 stats.warnings.append(str(e))
                 continue
@@ -310,15 +348,27 @@ def _copy(vault: Vault, cat: Catalogue, job: str, source: Source, stats: RunStat
             stats.copied += 1
             stats.copied_bytes += item.size
 
+    def settle(below: int) -> None:
+        """Wait until fewer than `below` objects are in flight, calling progress meanwhile. After a
+        stop, objects not started are cancelled (not recorded; the next run copies them)."""
+        while len(in_flight) >= below:
+            if stopping():
+                for f in [f for f in in_flight if f.cancel()]:
+                    del in_flight[f]
+                if len(in_flight) < below:
+                    return
+            done, _ = wait(in_flight, timeout=PROGRESS_EVERY, return_when=FIRST_COMPLETED)
+            collect(done)
+            if progress:
+                progress(stats)
+
     with ThreadPoolExecutor(workers, thread_name_prefix="part") as parts, \
             ThreadPoolExecutor(workers, thread_name_prefix="copy") as pool:
         try:
             for item in cat.to_copy(job):
-                if stop is not None and stop.is_set():
+                settle(below=workers * 2)
+                if stopping():
                     break
-                while len(in_flight) >= workers * 2:
-                    done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                    collect(done)
                 in_flight[run_here(copy_one, item) if item.size < inline_below else pool.submit(copy_one, item)] = item
                 if waiting and (len(waiting) >= 500 or time.monotonic() - last_commit > 1.0):
                     packer.flush(older_than=PACK_MAX_AGE)  # a slow trickle still gets recorded
@@ -326,12 +376,13 @@ def _copy(vault: Vault, cat: Catalogue, job: str, source: Source, stats: RunStat
                     last_commit = time.monotonic()
                     if progress:
                         progress(stats)
-            collect(wait(in_flight).done)
+            settle(below=1)
         finally:
             # Whatever happens, what finished is recorded: a rerun will not copy it again.
             for f in list(in_flight):
                 f.cancel()
             done = [f for f in in_flight if f.done() and not f.cancelled() and f.exception() is None]
+            # Those still running (the run failed) are not recorded, as after a crash.
             for f in done:
                 waiting.append((in_flight.pop(f), f.result()))
             try:
@@ -340,6 +391,10 @@ def _copy(vault: Vault, cat: Catalogue, job: str, source: Source, stats: RunStat
                 flush()
     if progress:
         progress(stats)
+
+
+class _GivenUp(Exception):
+    """An object abandoned because the run is stopping: nothing of it is recorded."""
 
 
 def _write_snapshot(vault: Vault, cat: Catalogue, job: JobConfig, started: datetime, stats: RunStats,

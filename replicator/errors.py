@@ -76,6 +76,10 @@ class VaultError(ReplicatorError):
     """The vault is missing, already exists, or cannot be opened."""
 
 
+class SnapshotTaken(VaultError):
+    """Another writer stored a different root under the snapshot number this host committed."""
+
+
 class WrongKey(VaultError):
     """The key file does not open this vault."""
 

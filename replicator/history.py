@@ -17,7 +17,7 @@ from typing import Iterator
 
 from replicator.errors import IntegrityError, NotFound, ReplicatorError, UsageError
 from replicator.units import parse_time
-from replicator.vault.format import ChunkRef, decode_record
+from replicator.vault.format import ChunkRef, data_name, decode_record
 from replicator.vault.manifest import Entry, SnapshotRoot, decode_blob_list, decode_page
 from replicator.vault.vault import Vault
 
@@ -88,17 +88,36 @@ class History:
         if best is None:
             first = visible[0]
             raise ReplicatorError(f"no snapshot at or before {at}; the first is from {first.started}")
+        # Roots are never deleted: a gap up to the next visible snapshot means one that may cover `at`
+        # is gone, and the one before it would be a false answer.
+        after = next((r.seq for r in visible if r.seq > best.seq), self.seqs[-1] + 1)
+        present = set(self.seqs)
+        gone = next((s for s in range(best.seq + 1, after) if s not in present), None)
+        if gone is not None:
+            raise IntegrityError(f"snapshot {gone} of job {best.job} is missing from the vault: the state at "
+                                 f"{at} cannot be known (snapshot {best.seq} is older); run `replicator verify`")
         return best
 
     def entries(self, root: SnapshotRoot) -> Iterator[Entry]:
         """Every entry recorded by one snapshot's manifest (a delta or a checkpoint)."""
         for page in root.pages:
-            yield from decode_page(self.vault.read_chunk(page))
+            yield from self._page(root, page)
 
     def held_entries(self, root: SnapshotRoot) -> Iterator[Entry]:
         """Versions a tripped breaker held back in this snapshot (stored, not live)."""
         for page in root.held:
+            yield from self._page(root, page)
+
+    def _page(self, root: SnapshotRoot, page: ChunkRef) -> Iterator[Entry]:
+        """A page's entries; a page that decrypts but does not parse (a writer bug, or a compromised
+        writer of a write-only vault) is named with its blob and snapshot."""
+        try:
             yield from decode_page(self.vault.read_chunk(page))
+        except IntegrityError as e:
+            if page.blob in str(e):
+                raise
+            raise IntegrityError(f"{data_name(page.blob)} (a manifest page of snapshot {root.seq} of job "
+                                 f"{root.job}): {e}") from None
 
     def state(self, seq: int) -> "State":
         """The live objects at snapshot seq: the last checkpoint at or before it plus the deltas after."""

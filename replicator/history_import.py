@@ -60,6 +60,15 @@ def import_history(vault: Vault, cat: Catalogue, job, source, started: datetime,
     if not hasattr(source, "versions"):
         raise SourceError(f"{job.name}: history = \"all\" needs an S3 or GCS source")
     source.list_versions = True  # the run's own listing then names current versions by version id
+    try:
+        versioning = source.versioning()
+    except SourceError as e:  # e.g. no s3:GetBucketVersioning: the import itself may still work
+        versioning = "enabled"
+        log.warning("job %s: cannot tell whether the source bucket keeps every version: %s", job.name, e)
+    if versioning != "enabled":
+        log.warning('job %s: history = "all", but versioning is %s on the source bucket: only the versions it '
+                    "kept are imported, and a key is missing from imported snapshots before its oldest kept "
+                    "version (enable versioning on the bucket)", job.name, versioning)
     head = cat.head(job.name)
     s_new = started.timestamp()
     prev_started: datetime | None = None

@@ -70,6 +70,14 @@ def observe_probe(d: dict | None) -> None:
         metrics.VAULT_PROTECTED.set(1 if d.get("protected") else 0)
 
 
+def observe_retention(r: "ExtendReport") -> None:
+    """The extension pass's outcome as metrics: alerts fire on failures and on protection nearing its end."""
+    metrics.RETENTION_PROBLEMS.set(len(r.errors) + len(r.missing))
+    if r.protected_until:
+        metrics.RETENTION_UNTIL.set(datetime.strptime(r.protected_until, "%Y-%m-%dT%H:%M:%SZ")
+                                    .replace(tzinfo=timezone.utc).timestamp())
+
+
 def last_probe(cat: Catalogue) -> dict | None:
     text = cat.meta(PROBE_META)
     return json.loads(text) if text else None
@@ -242,7 +250,10 @@ def maintain(cfg, vault: Vault) -> None:
         else:
             log.warning("probe: %s ([vault.immutability] is not configured)", result.line())
         if imm is not None:
-            r = extend_retention(vault, cat, imm.retain_days, imm.extend_before_days)
+            # One pass a day (plus jitter): look a day further ahead, so that protection ending just
+            # after this pass's horizon is not left to a next pass that comes too late.
+            r = extend_retention(vault, cat, imm.retain_days, imm.extend_before_days + 1)
+            observe_retention(r)
             level = logging.INFO if r.ok else logging.ERROR
             log.log(level, "retention: %d objects tracked, %d due, %d extended to %s, %d still protected long enough, "
                     "%d missing, %d errors; earliest end of protection %s", r.tracked, r.due, r.extended,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.core import GaugeMetricFamily
 
 disable_created_metrics()  # no *_created series: they double the exposition and alert on nothing
@@ -52,7 +53,8 @@ JOB_LAST_SUCCESS = Gauge("replicator_job_last_success_timestamp_seconds",
 JOB_LAST_RUN = Gauge("replicator_job_last_run_timestamp_seconds", "Unix time the job's last run finished", _J, registry=REGISTRY)
 JOB_LAST_DURATION = Gauge("replicator_job_last_run_duration_seconds", "Duration of the job's last run", _J, registry=REGISTRY)
 JOB_LAST_RESULT = Gauge("replicator_job_last_run_success", "1 if the job's last run succeeded, else 0", _J, registry=REGISTRY)
-JOB_RUNS = Counter("replicator_job_runs_total", "Runs of the job by result (success, failure, skipped_overlap)",
+JOB_RUNS = Counter("replicator_job_runs_total", "Runs of the job by result (success, failure, skipped_overlap, "
+                   "stopped: a graceful stop before the snapshot; the next run resumes)",
                    ["job", "result"], registry=REGISTRY)
 JOB_OBJECTS_COPIED = Counter("replicator_job_objects_copied_total", "Objects copied into the vault", _J, registry=REGISTRY)
 JOB_BYTES_COPIED = Counter("replicator_job_bytes_copied_total", "Bytes of source content copied into the vault", _J, registry=REGISTRY)
@@ -66,13 +68,20 @@ JOB_LIVE_OBJECTS = Gauge("replicator_job_live_objects", "Objects in the job's la
 JOB_NEXT_RUN = Gauge("replicator_job_next_run_timestamp_seconds", "Unix time of the job's next scheduled run", _J, registry=REGISTRY)
 JOB_BREAKER = Gauge("replicator_job_breaker_tripped", "1 while the job's mass-change breaker holds changes back", _J, registry=REGISTRY)
 JOB_RUNNING = Gauge("replicator_job_running", "1 while a run of the job is in progress", _J, registry=REGISTRY)
-VAULT_BYTES = OptionalGauge("replicator_vault_stored_bytes", "Bytes stored in the vault's data blobs (as of the last verify)", registry=REGISTRY)
-VAULT_BLOBS = OptionalGauge("replicator_vault_blobs", "Data blobs in the vault (as of the last verify)", registry=REGISTRY)
+VAULT_BYTES = OptionalGauge("replicator_vault_stored_bytes", "Bytes of the vault's content blobs (chunks and packs) that "
+                            "the objects of every snapshot use, as the catalogue knows them; manifest pages not counted", registry=REGISTRY)
+VAULT_BLOBS = OptionalGauge("replicator_vault_blobs", "Content blobs (chunks and packs) in the vault that the objects of every "
+                            "snapshot use, as the catalogue knows them", registry=REGISTRY)
 VERIFY_LAST = OptionalGauge("replicator_verify_last_timestamp_seconds", "Unix time the last verify finished", registry=REGISTRY)
 VERIFY_LAST_RESULT = OptionalGauge("replicator_verify_last_success", "1 if the last verify found no problem, else 0", registry=REGISTRY)
 VERIFY_PROBLEMS = OptionalGauge("replicator_verify_problems", "Problems found by the last verify", registry=REGISTRY)
 VERIFY_COVERAGE = OptionalGauge("replicator_verify_coverage_ratio", "Fraction of referenced blobs read by deep verify in the coverage window", registry=REGISTRY)
 VERIFY_OLDEST_UNVERIFIED = AgeGauge("replicator_verify_oldest_unverified_age_seconds", "Age of the oldest unverified byte: time since the referenced blob least recently read in full by deep verify was read (never read: first seen)", registry=REGISTRY)
+RETENTION_UNTIL = OptionalGauge("replicator_retention_protected_until_timestamp_seconds", "Unix time the earliest "
+                                "provider retention among the objects kept snapshots need ends, after the last extension pass "
+                                "([vault.immutability])", registry=REGISTRY)
+RETENTION_PROBLEMS = OptionalGauge("replicator_retention_last_pass_problems", "Objects the last retention extension pass could "
+                                   "not extend (errors) or found missing", registry=REGISTRY)
 VAULT_PROTECTED = OptionalGauge("replicator_vault_protected", "1 if the immutability probe found the vault protected against our own credentials, 0 if not, absent if never probed", registry=REGISTRY)
 DAEMON_START = Gauge("replicator_daemon_start_timestamp_seconds", "Unix time the daemon started", registry=REGISTRY)
 CONFIG_RELOADS = Counter("replicator_config_reloads_total", "Config reloads by result (success, failure)", ["result"], registry=REGISTRY)
@@ -92,3 +101,14 @@ EVENTS_OLDEST_PENDING = Gauge("replicator_events_oldest_pending_timestamp_second
 EVENTS_MISSED = Counter("replicator_events_missed_total",
                         "Objects a scheduled (reconciliation) run of a job with events copied or tombstoned: changes the events missed or had not yet delivered",
                         _J, registry=REGISTRY)
+
+
+def forget_job(job: str) -> None:
+    """Drop every series of a job removed from the config, so no alert fires for a job that is gone."""
+    for m in list(globals().values()):
+        if isinstance(m, MetricWrapperBase):
+            if "job" not in m._labelnames:
+                continue
+            at = m._labelnames.index("job")
+            for values in [v for v in list(m._metrics) if v[at] == job]:  # remove_by_labels needs >= 0.23
+                m.remove(*values)

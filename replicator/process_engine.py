@@ -7,6 +7,9 @@ batch_copy.copy_batch as a Dask worker would; this process lists, hands out batc
 what comes back and writes the snapshot. Crash safety holds as for the Dask engine: a batch's
 blobs are written before its refs come back, and only then are its objects recorded.
 
+With a vault bandwidth limit (`[vault] bandwidth`) there are no workers: each would open its own
+throttled vault and get the whole limit; workers exist for local-disk speed, which a limit forgoes.
+
 Workers (worker_pool.py) ignore SIGINT and SIGTERM: a stop is this process's to decide, and it
 waits for the batches in flight (a few hundred small objects each) and records them. Chunks the
 catalogue already records are not stored again (each worker reads it, read-only); a chunk that
@@ -28,6 +31,7 @@ from replicator.engine import Progress, RunStats, _copy
 from replicator.errors import StoreError
 from replicator.sources.base import Source, SourceItem
 from replicator.stores.base import is_local
+from replicator.stores.throttle import is_limited
 from replicator.vault.format import ChunkRef
 from replicator.vault.vault import Vault
 from replicator.worker_pool import BATCH, start_pool, workers_for
@@ -44,10 +48,11 @@ class ProcessCopier:
     def __init__(self, cfg: Config):
         self.config_path = str(cfg.path.resolve())
         self.processes = cfg.engine.processes  # None: worker_pool.workers_for decides at each run
+        self.limited = is_limited(cfg.vault.bandwidth)  # a limit per process would multiply
 
     def workers_for(self, vault: Vault, source: Source, stats: RunStats) -> int:
         """How many worker processes this run gets (0: copied by threads here)."""
-        if not (getattr(source, "local", False) and is_local(vault.store)):
+        if self.limited or not (getattr(source, "local", False) and is_local(vault.store)):
             return 0
         return workers_for(self.processes, lambda: stats.to_copy)
 

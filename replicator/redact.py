@@ -25,7 +25,7 @@ def register(value: str) -> None:
 
 
 # A URL may carry its credentials itself: https://user:token@host/..., ssh://user@host/...
-_USERINFO = re.compile(r"([a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
+_USERINFO = re.compile(r"([a-z][a-z0-9+.-]*://)[^/\s]+@", re.IGNORECASE)  # up to the last @: `p@ss` too
 
 
 def redact(text: str) -> str:

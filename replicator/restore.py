@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,7 +18,6 @@ from replicator.vault.packs import PackReader
 from replicator.vault.vault import Vault
 from replicator.worker_pool import workers_for
 
-log = logging.getLogger("replicator.restore")
 
 
 @dataclass
@@ -59,7 +57,6 @@ def restore(vault: Vault, job: str, target, at: str | None, prefix: str, dry_run
         local = isinstance(target, LocalTarget) and is_local(vault.store)
         n = workers_for(processes, lambda: state.count(prefix)[0]) if local and reopen and workers is None else 0
         if n and not target.folds():
-            log.info("restoring job %s by %d worker processes", job, n)
             settle = lambda entry, outcome, message: _count(entry, outcome, message, result, progress)  # noqa: E731
             if restore_in_processes(reopen, target.url, state.iter(prefix), n, settle):
                 return result

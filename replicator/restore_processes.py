@@ -5,11 +5,13 @@ This process walks the snapshot and hands out batches of entries in key order (s
 objects share packs, each read once); each worker opens the vault itself (the config file and
 the key file: secrets never travel) and writes its objects with its own LocalTarget. Results
 come back in order. Not used where the target folds names (macOS, Windows): telling that two
-keys fold to one name needs every name written, in one place.
+keys fold to one name needs every name written, in one place. Nor with a vault bandwidth limit:
+each worker would open its own throttled vault and get the whole limit.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections import deque
@@ -20,6 +22,7 @@ from replicator.errors import ReplicatorError
 from replicator.vault.manifest import Entry
 from replicator.worker_pool import BATCH, start_pool
 
+log = logging.getLogger("replicator.restore")
 _OPENED: dict[tuple, tuple] = {}
 _LOCK = threading.Lock()
 
@@ -28,10 +31,14 @@ def restore_in_processes(reopen: tuple[str, str | None], root: str, entries: Ite
                          settle: Callable[[Entry, str, str | None], None]) -> bool:
     """Write `entries` under `root` by n workers; `settle(entry, outcome, message)` gets each one's
     outcome ("ok", "skipped": the target cannot represent it, "error") in entry order. False (and
-    nothing written) where workers cannot be started here."""
+    nothing written) where workers cannot be started here, or must not be (a bandwidth limit)."""
+    if _bandwidth_limited(reopen[0]):
+        log.info("a vault bandwidth limit is set: threads restore (each worker process would get all of it)")
+        return False
     pool = start_pool(n)
     if pool is None:
         return False
+    log.info("restoring by %d worker processes", n)
     window: deque = deque()
 
     def take_oldest() -> None:
@@ -59,6 +66,14 @@ def restore_in_processes(reopen: tuple[str, str | None], root: str, entries: Ite
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return True
+
+
+def _bandwidth_limited(config_path: str) -> bool:
+    """Whether the config the workers would open limits the vault's bandwidth."""
+    from replicator import config as configmod
+    from replicator.stores.throttle import is_limited
+
+    return is_limited(configmod.load(configmod.config_path(config_path)).vault.bandwidth)
 
 
 def restore_batch(reopen: tuple[str, str | None], root: str, entries: list[Entry]) -> list[tuple[str, str | None]]:

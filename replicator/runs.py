@@ -67,6 +67,8 @@ def run_one(cfg: Config, vault: Vault, job: JobConfig, *, dry_run: bool = False,
         raise
     finally:
         metrics.JOB_RUNNING.labels(job.name).set(0)
+    if stats.stopped and not dry_run:
+        return _stopped(cat, job.name, stats)
     ok = not stats.errors
     if stats.breaker and not dry_run:
         notify.send(cfg.notify.webhook, "breaker_tripped", job=job.name, reason=stats.breaker, held=stats.held,
@@ -83,6 +85,21 @@ def run_one(cfg: Config, vault: Vault, job: JobConfig, *, dry_run: bool = False,
     log.info("job %s: run %s: %d listed, %d copied, %d tombstoned, %d warnings, %d errors", job.name,
              "ok" if ok else "failed", stats.listed, stats.copied, stats.tombstones, len(stats.warnings), len(stats.errors))
     return Outcome(job.name, ok, stats)
+
+
+def _stopped(cat: Catalogue, job: str, stats: RunStats) -> Outcome:
+    """A run ended by a graceful stop: not a failure. What it copied is pending (the next run
+    resumes); `status` shows the stop from meta `stopped:JOB`, not as an error."""
+    metrics.JOB_RUNS.labels(job, "stopped").inc()
+    metrics.JOB_OBJECTS_COPIED.labels(job).inc(stats.copied)
+    metrics.JOB_BYTES_COPIED.labels(job).inc(stats.copied_bytes)
+    metrics.JOB_PENDING.labels(job).set(max(stats.to_copy - stats.copied, 0))
+    cat.set_meta(f"stopped:{job}", json.dumps({"time": _now(), "copied": stats.copied, "errors": len(stats.errors)}))
+    observe_catalogue(cat, job)
+    cat.close()
+    log.info("job %s: stopped before its snapshot: %d objects copied and recorded, the next run resumes",
+             job, stats.copied)
+    return Outcome(job, False, stats)
 
 
 def _observe_missed(cat: Catalogue, job: str, stats: RunStats) -> None:
@@ -154,9 +171,10 @@ class LogProgress:
         now = time.monotonic()
         if now - self.last >= self.every:
             self.last = now
-            rate = s.copied_bytes / max(now - self.t0, 1e-6)
+            done = max(s.copied_bytes, s.stored_bytes)
+            rate = done / max(now - self.t0, 1e-6)
             log.info("job %s: progress: %d listed, %d/%d objects, %d/%d bytes copied, %.0f B/s",
-                     self.job, s.listed, s.copied, s.to_copy, s.copied_bytes, s.to_copy_bytes, rate)
+                     self.job, s.listed, s.copied, s.to_copy, done, s.to_copy_bytes, rate)
 
 
 def _failed(cat: Catalogue, job: JobConfig, started: str, t0: float, error: str, kind: str, dry_run: bool,
@@ -197,6 +215,17 @@ def observe_catalogue(cat: Catalogue, job: str) -> None:
     metrics.JOB_SNAPSHOTS.labels(job).set(0 if head is None else head[0] + 1)
     metrics.JOB_BREAKER.labels(job).set(1 if cat.meta(f"breaker:{job}") else 0)
     metrics.JOB_LIVE_OBJECTS.labels(job).set(cat.live_count(job))
+    observe_vault(cat)
+    last = cat.last_runs(job)["last_success"]
+    if last:
+        metrics.JOB_LAST_SUCCESS.labels(job).set(datetime.strptime(last, "%Y-%m-%dT%H:%M:%SZ")
+                                                 .replace(tzinfo=timezone.utc).timestamp())
+
+
+def observe_vault(cat: Catalogue, coverage: bool = True) -> None:
+    """Vault-wide metrics from the catalogue: the last verify and probe (also ones made by
+    `replicator verify`: point reads) and, with `coverage`, deep-verify coverage (one pass over the
+    tracked blobs). The stored blobs are counted by `observe_stored`."""
     verify = cat.meta("verify:last")
     if verify:
         v = json.loads(verify)
@@ -206,11 +235,16 @@ def observe_catalogue(cat: Catalogue, job: str) -> None:
     probe = cat.meta("probe:last")  # written by replicator.immutability.run_probe
     if probe:
         metrics.VAULT_PROTECTED.set(1 if json.loads(probe).get("protected") else 0)
-    observe_coverage(cat)  # replicator_verify_coverage_ratio, replicator_verify_oldest_unverified_age_seconds
-    last = cat.last_runs(job)["last_success"]
-    if last:
-        metrics.JOB_LAST_SUCCESS.labels(job).set(datetime.strptime(last, "%Y-%m-%dT%H:%M:%SZ")
-                                                 .replace(tzinfo=timezone.utc).timestamp())
+    if coverage:
+        observe_coverage(cat)  # replicator_verify_coverage_ratio, replicator_verify_oldest_unverified_age_seconds
+
+
+def observe_stored(cat: Catalogue) -> None:
+    """replicator_vault_blobs and _stored_bytes from the chunk index: one pass over it, so the daemon
+    does it at start and after a scheduled run that copied something, not every minute."""
+    blobs, size = cat.stored_blobs()
+    metrics.VAULT_BLOBS.set(blobs)
+    metrics.VAULT_BYTES.set(size)
 
 
 def _copier(cfg: Config, job: JobConfig):

@@ -4,6 +4,11 @@ Cron's day of week counts from Sunday (0 or 7 = Sunday, 1 = Monday); APScheduler
 Monday (0 = Monday), and its `from_crontab` passes the numbers through unchanged, so `1-5` would
 run Tuesday to Saturday. Numbers are translated to day names here, once, for every user of a
 schedule: the config check, the daemon's triggers, catch-up after downtime and drift.
+
+When both the day of month and the day of week are restricted (neither field starts with `*`),
+cron runs on days matching *either* (`0 3 1 * 1`: the 1st and every Monday); APScheduler's
+CronTrigger would require both. Such a schedule is an OrTrigger of two CronTriggers, one per day
+field, with the jitter on the OrTrigger.
 """
 
 from __future__ import annotations
@@ -38,12 +43,22 @@ def validate(schedule: str) -> None:
 
 
 def cron_trigger(schedule: str, jitter: int | None = None):
-    """An APScheduler CronTrigger for a standard 5-field cron expression, in UTC."""
+    """An APScheduler trigger for a standard 5-field cron expression, in UTC: a CronTrigger, or an
+    OrTrigger of two when both day fields are restricted (cron's day of month OR day of week)."""
+    from apscheduler.triggers.combining import OrTrigger
     from apscheduler.triggers.cron import CronTrigger
 
     minute, hour, day, month, dow = schedule.split()
-    return CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=_day_names(dow),
-                       timezone=timezone.utc, jitter=jitter)
+    fields = {"minute": minute, "hour": hour, "month": month, "timezone": timezone.utc}
+    if _restricted(day) and _restricted(dow):
+        return OrTrigger([CronTrigger(day=day, **fields), CronTrigger(day_of_week=_day_names(dow), **fields)],
+                         jitter=jitter)
+    return CronTrigger(day=day, day_of_week=_day_names(dow), jitter=jitter, **fields)
+
+
+def _restricted(field: str) -> bool:
+    """Cron's rule: a day field starting with `*` (`*`, `*/2`) does not restrict the days."""
+    return not field.startswith("*")
 
 
 def _day_names(field: str) -> str:

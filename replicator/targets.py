@@ -40,6 +40,12 @@ class LocalTarget:
     def __init__(self, root: str):
         self.root = Path(root).resolve()
         self.url = str(self.root)
+        try:  # a file in the way or a place nobody may write: one line before any object is tried
+            self.root.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise StoreError(f"{self.url}: the restore target exists and is not a directory") from None
+        except OSError as e:
+            raise StoreError(f"{self.url}: cannot create the restore target: {e.strerror or e}") from None
         self._fold = None  # how this file system folds names; probed at the first write
         self._folded: dict[str, str] = {}  # folded name -> key written (only on folding file systems)
         self._dirs: set[str] = set()  # directories made and found to lie under the root
@@ -151,23 +157,28 @@ class FsspecTarget:
     def __init__(self, url: str, options: dict[str, Any]):
         import fsspec
 
+        shown = redact(url)  # sftp://user:password@host/...: never in a message
         try:
             self.fs, root = fsspec.url_to_fs(url, **options)
         except (ImportError, ValueError, TypeError) as e:
-            raise StoreError(f"{url}: bad restore target: {redact(str(e))}") from None
+            raise StoreError(f"{shown}: bad restore target: {redact(str(e))}") from None
+        except Exception as e:  # filesystems that connect at once (sftp): refused, unknown host, ...
+            raise StoreError(f"{shown}: cannot reach the target: {_first_line(e)}") from None
         self.root = root.rstrip("/")
-        self.url = url
+        self.url = shown
         proto = self.fs.protocol
         self.protocol = proto[0] if isinstance(proto, (tuple, list)) else proto
         try:
             if not self.fs.exists(self.root):
                 self.fs.mkdir(self.root, create_parents=True)
         except Exception as e:
-            raise StoreError(f"{url}: cannot reach or create the target: {redact(str(e).splitlines()[0] if str(e) else type(e).__name__)}") from None
+            raise StoreError(f"{shown}: cannot reach or create the target: {_first_line(e)}") from None
 
     def write(self, key: str, chunks: Iterator[bytes]) -> None:
         # S3 keys are flat strings: `a//b`, `/x`, `../y` are ordinary keys there, written as they are.
         flat = self.protocol in ("s3", "s3a")
+        if flat and key.endswith("/"):
+            return self._put_slash_key(key, chunks)
         if not key or key.endswith("/") or ("//" in key and not flat):
             raise Unrepresentable(f"key {key!r} cannot be written to {self.url}")
         try:
@@ -176,4 +187,26 @@ class FsspecTarget:
                 for c in chunks:
                     f.write(c)
         except Exception as e:
-            raise StoreError(f"{self.url}: cannot write an object: {redact(str(e).splitlines()[0] if str(e) else type(e).__name__)}") from None
+            raise StoreError(f"{self.url}: cannot write an object: {_first_line(e)}") from None
+
+    def _put_slash_key(self, key: str, chunks: Iterator[bytes]) -> None:
+        """A key ending in "/" that holds bytes: s3fs would drop the slash, so one PutObject, its
+        body in memory (such keys are rare and small; a large one is reported, not written)."""
+        body = bytearray()
+        for c in chunks:
+            body += c
+            if len(body) > _SLASH_KEY_MAX:
+                raise Unrepresentable(f"key {key!r} ends in '/' and holds more than {_SLASH_KEY_MAX >> 20} MiB: "
+                                      f"not written to {self.url}")
+        bucket, _, prefix = self.root.partition("/")
+        try:
+            self.fs.call_s3("put_object", Bucket=bucket, Key=f"{prefix}/{key}" if prefix else key, Body=bytes(body))
+        except Exception as e:
+            raise StoreError(f"{self.url}: cannot write an object: {_first_line(e)}") from None
+
+
+_SLASH_KEY_MAX = 64 << 20
+
+
+def _first_line(e: BaseException) -> str:
+    return redact(str(e).splitlines()[0] if str(e).strip() else type(e).__name__)

@@ -10,6 +10,8 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 import pytest  # noqa: E402
 
 import servers  # noqa: E402  (tests/ is on sys.path: pytest rootdir-less conftest)
+# Every session ends with the secrets scan of every CLI output and log it recorded (autouse).
+from secrets_scan import scan_outputs_for_secrets  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------------------

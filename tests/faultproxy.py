@@ -15,6 +15,9 @@ per request, on keep-alive connections too:
   byte of its answer: the client cannot tell whether it happened (a retried put finds its own
   object).
 - reset_mid_body: the answer's head and part of its body are forwarded, then a reset.
+- stall: the server answered, but the proxy holds the answer back for `stall_seconds` and then
+  resets the connection: a hung server or a black-holed connection, which only the client's
+  read timeout ends.
 - latency: up to this many seconds (uniform) before each answer's first byte.
 - bandwidth: bytes per second per connection, server to client.
 
@@ -50,6 +53,8 @@ class Faults:
     http_503: float = 0.0
     http_500: float = 0.0
     http_403: float = 0.0
+    stall: float = 0.0
+    stall_seconds: float = 30.0
     latency: float = 0.0
     bandwidth: float | None = None
     only: Callable[[str, str], bool] | None = None
@@ -284,9 +289,14 @@ class _Conn:
         self.p.answers.append((req.method, req.target, status, etag, time.monotonic()))
         if f.latency and req.eligible:
             await asyncio.sleep(self.p.rng.uniform(0, f.latency))
-        kind = self.p._draw(req, "reset_before_response", "reset_mid_body")
+        kind = self.p._draw(req, "reset_before_response", "reset_mid_body", "stall")
         if kind == "reset_mid_body" and req.method == "HEAD":  # no body follows the head
             kind = None
+        if kind == "stall":
+            self.p.injected[kind] += 1
+            await asyncio.sleep(f.stall_seconds)
+            _reset(self.cwriter)
+            return None
         if kind == "reset_before_response":
             self.p.injected[kind] += 1
             _reset(self.cwriter)

@@ -28,6 +28,8 @@ def toml_value(v) -> str:
 # Every CLI output of this test session, for the secrets scan (tests/secrets_scan.py): the project's
 # directory, the text, and the key files and environment the project had at that moment.
 CAPTURED: list[tuple[Path, str, str, dict]] = []
+# Other text the session saw that no project wrote alone (metrics scrapes): scanned against every secret.
+SCRAPED: list[str] = []
 
 
 def _record(p: "Project", *texts: str) -> None:

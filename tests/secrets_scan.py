@@ -10,8 +10,11 @@ project directory. What counts as a secret of a project:
   references resolve from there), and the values in
   DISTINCTIVE (tests add theirs), except words too common to mean anything (moto's `testing`).
 
-Use the session fixture `scan_outputs_for_secrets` (import it into a test module; it is autouse)
-or call `problems()` at any time.
+Metrics scrapes (project.SCRAPED, recorded by the daemon tests) are scanned for every key and
+DISTINCTIVE secret of the session.
+
+tests/conftest.py imports the session fixture `scan_outputs_for_secrets` (autouse), so every
+session is scanned at its end; `problems()` scans at any time.
 """
 
 from __future__ import annotations
@@ -78,6 +81,10 @@ def problems(records=None) -> list[str]:
             for s in secrets:
                 if s in t:
                     found.append(f"{dir}: secret {s[:4]}... appears in output: ...{t[max(0, t.index(s) - 60):t.index(s)]}")
+    every = DISTINCTIVE | {s for dir, _, key_text, env in records for s in key_secrets(dir, key_text)}
+    every = {s for s in every if len(s) >= 8 and s not in COMMON}
+    for t in project.SCRAPED:
+        found += [f"a metrics scrape: secret {s[:4]}... appears" for s in every if s in t]
     return found
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import os
 import string
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -501,9 +502,13 @@ def _parse_only_config_errors(text: str) -> None:
     try:
         cfg = config.parse(text, base_dir=BASE)
     except ConfigError as e:
-        assert str(e)
+        # a key path (`jobs[0].schedule`, `vault.options`), or the TOML syntax error's line and column
+        assert e.path and str(e).startswith(e.path + ": ") or str(e).startswith("not valid TOML:"), str(e)
         return
     assert cfg.vault.url and len({j.name for j in cfg.jobs}) == len(cfg.jobs)
+    # What the CLI does next with the paths must not fail on them either (a NUL once got through).
+    for path in (cfg.vault.key_file, cfg.state_dir, cfg.vault.url):
+        assert "\0" not in str(path)
 
 
 @given(st.one_of(documents, job_docs).map(toml_doc))
@@ -531,3 +536,12 @@ def test_fuzz_helpers_write_valid_toml():
     parsed = tomllib.loads(toml_doc(d))
     assert parsed["vault"]["url"] == "a\"b\\c\n\x7f"
     assert parsed["jobs"][0]["l"][1]["k"].isoformat() == "1979-05-27"
+
+
+def test_a_nul_character_in_any_string_is_a_config_error():
+    head = '[vault]\nurl = "/v"\n[[jobs]]\nname = "j"\nsource = "/tmp"\n'
+    for text, key in ((head.replace('url = "/v"', 'url = "/v\\u0000x"'), "vault.url"),
+                      (head + '[state]\ndir = "a\\u0000b"\n', "state.dir"),
+                      (head.replace('url = "/v"', 'url = "/v"\nkey_file = "a\\u0000b"'), "vault.key_file")):
+        with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: must not contain a NUL"):
+            config.parse(text, base_dir=BASE)

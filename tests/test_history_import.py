@@ -3,6 +3,7 @@ history on the first run; versions written between runs are picked up by the nex
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -187,7 +188,9 @@ def test_gcs_generations_are_imported_too(tmp_path, gcs_server):
     p.jobs[0].update(source=f"gs://{bucket}/", source_options=gcs_server.fsspec_options())
     p.write_config()
     p.cli("init")
-    first = p.json("run")["jobs"][0]
+    r = p.cli("run", "--json")
+    assert "versioning is" not in r.stderr, r.stderr
+    first = json.loads(r.stdout)["jobs"][0]
     assert first["ok"] and first["copied"] == 0, first
     assert (first["history"]["versions"], first["history"]["deletions"]) == (5, 1), first["history"]
     for i, (at, want) in enumerate(steps):
@@ -228,3 +231,18 @@ def test_the_breaker_sees_imported_history_first(tmp_path, s3_server):
         with history.state(seq) as state:
             versions |= {vault.read_chunk(e.chunks[0]) for e in state if e.key == "doc-00.txt"}
     assert {b"rewritten once", b"rewritten twice"} <= versions
+
+
+def test_a_bucket_without_versioning_is_warned_about(tmp_path, s3_server):
+    """Without versioning a bucket keeps one version per key: imported snapshots would miss keys
+    before their only kept version, so the run says so."""
+    s3 = s3_client(s3_server)
+    bucket = unique("plain")
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="x.txt", Body=b"x1")
+    p = project(tmp_path, s3_server, bucket)
+    p.cli("init")
+    r = p.cli("run")
+    assert 'history = "all", but versioning is off on the source bucket' in r.stderr, r.stderr
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Suspended"})
+    assert "versioning is suspended" in p.cli("run").stderr

@@ -73,9 +73,10 @@ def locked_bucket(s3_server) -> str:
 
 
 def vault_versions(client, bucket: str, prefix: str = "replicator/") -> list[dict]:
+    """Every version of the vault's objects, but canaries and writer leases (neither is history)."""
     out = []
     for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
-        out += [v for v in page.get("Versions", []) if not v["Key"].startswith(prefix + "probe/")]
+        out += [v for v in page.get("Versions", []) if not v["Key"].startswith((prefix + "probe/", prefix + "leases/"))]
     return out
 
 
@@ -433,6 +434,11 @@ def test_daemon_maintenance_probes_and_extends(tmp_path, s3_server):
     assert last["protected"] is False and "bypass-governance" in last["how"]
     assert cat.retention_summary()[0] == 5  # config, keyring, root, page, pack
     cat.close()
+    # the pass's outcome, for the ReplicatorRetentionAtRisk alert: nothing failed, and protection
+    # (3 days here) ends when the earliest object's does
+    assert metrics.REGISTRY.get_sample_value("replicator_retention_last_pass_problems") == 0
+    until = metrics.REGISTRY.get_sample_value("replicator_retention_protected_until_timestamp_seconds")
+    assert abs(until - (time.time() + 3 * DAY)) < 600, until - time.time()
     d = Daemon(lambda: cfg, open_vault)
     d._schedule(cfg, first=True)
     job = d.scheduler.get_job(MAINTENANCE)
@@ -735,6 +741,10 @@ def test_after_prune_blobs_only_forgotten_snapshots_needed_are_no_longer_tracked
     # The first version of "a" is no longer needed. In a versioned (Object Lock) bucket prune's DeleteObject
     # only adds a delete marker: the locked version stays until its retention lapses.
     assert pruned["jobs"][0]["forget"] == [0] and pruned["blobs_deleted"] + pruned["blobs_protected"] == 1
+    client = s3_client(s3_server)
+    written = [v for v in vault_versions(client, bucket) if v["Key"].startswith(("replicator/forgotten/", "replicator/prune/"))]
+    assert written and all(client.head_object(Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"])
+                           .get("ObjectLockMode") == "COMPLIANCE" for v in written)  # prune's writes are locked too
     report = p.json("verify", "--extend-retention")
     assert report["ok"], report["problems"]
     after = tracked()

@@ -33,7 +33,8 @@ UNIT_FILES = ["replicator.service", "replicator-verify.service", "replicator-ver
 # systemd-analyze security --offline=yes: the issue demands 1.5 or better for the daemon.
 EXPOSURE_LIMITS = {"replicator.service": 1.5, "replicator-verify.service": 2.0}
 ALERT_NAMES = {"ReplicatorCopyStale", "ReplicatorRunFailing", "ReplicatorVerifyFailing", "ReplicatorVerifyStale",
-               "ReplicatorVaultUnprotected", "ReplicatorDown", "ReplicatorBreakerTripped", "ReplicatorReplicationLagHigh"}
+               "ReplicatorVaultUnprotected", "ReplicatorRetentionAtRisk", "ReplicatorDown", "ReplicatorBreakerTripped", "ReplicatorReplicationLagHigh",
+               "ReplicatorVerifyCoverageStale"}
 NOT_OURS = {"up"}  # Prometheus' own series
 
 
@@ -120,9 +121,24 @@ def test_verify_service_shares_identity_state_and_credentials_with_the_daemon():
     assert sandbox(daemon) == sandbox(verify)
     d = dict(verify)
     assert d["Type"] == "oneshot"
-    assert d["ExecStart"] == f"{INSTALLED_BINARY} --config /etc/replicator/config.toml verify --deep --sample 5"
+    assert d["ExecStart"] == f"{INSTALLED_BINARY} --config /etc/replicator/config.toml verify --deep --sample 25"
     timer = dict(_settings("replicator-verify.timer"))
     assert timer["OnCalendar"] == "weekly" and timer["Persistent"] == "true" and timer["RandomizedDelaySec"]
+
+
+def test_the_verify_timer_reads_every_blob_within_the_coverage_window():
+    """A weekly --sample PCT reads every blob once in ceil(100/PCT) weeks (least recently verified
+    first); that cycle must fit in the window replicator_verify_coverage_ratio measures, or a healthy
+    vault's ratio sits far below 1 for ever. The stale-coverage alert allows one week more."""
+    import math
+
+    from replicator import coverage
+
+    sample = float(dict(_settings("replicator-verify.service"))["ExecStart"].split("--sample ")[1].split()[0])
+    cycle_days = math.ceil(100 / sample) * 7
+    assert cycle_days <= coverage.WINDOW_DAYS, (cycle_days, coverage.WINDOW_DAYS)
+    rule = next(r for r in _rules() if r["alert"] == "ReplicatorVerifyCoverageStale")
+    assert rule["expr"] == f"replicator_verify_oldest_unverified_age_seconds > {cycle_days + 7} * 86400", rule["expr"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import json
 import sqlite3
 
 import fsspec
+import pytest
 from project import Project, unique
 
 from replicator import config as configmod
@@ -187,3 +188,27 @@ def test_verify_json_reports_coverage_fields(tmp_path):
     r = p.json("verify", "--deep", "--no-probe")
     assert r["coverage"]["ratio"] == 1.0 and r["sample_mode"] is None
     assert json.loads(json.dumps(r))["blobs_read"] == r["blobs_referenced"]
+    assert "use it with --deep" in p.cli("verify", "--sample", "5", check=2).stderr
+
+
+@pytest.mark.parametrize("provider", ["gcs", "azure"])
+def test_gcs_and_azure_alterations_are_caught_from_the_listing(provider, tmp_path, request):
+    """The same as on S3, through fake-gcs-server's and Azurite's own APIs: a blob rewritten in
+    place with the same size is named by plain `verify` (md5Hash / Content-MD5), no download."""
+    server = request.getfixturevalue(f"{provider}_server")
+    proto = "gs" if provider == "gcs" else "abfs"
+    bucket = unique("tamper")
+    p = local_project(tmp_path, files=3)
+    p.vault_url, p.vault_options = f"{proto}://{bucket}/v", server.fsspec_options()
+    p.write_config()
+    p.cli("init")
+    p.cli("run")
+    assert p.json("verify", "--no-probe")["ok"]
+    fs = fsspec.filesystem("gcs" if provider == "gcs" else "abfs", **server.fsspec_options(), skip_instance_cache=True)
+    victim = max(fs.find(f"{bucket}/v/data"), key=lambda f: fs.info(f)["size"])
+    blob = bytearray(fs.cat_file(victim))
+    blob[200] ^= 0xFF
+    fs.pipe_file(victim, bytes(blob))
+    out = p.cli("verify", "--no-probe", check=1).stdout
+    name = victim.split("/v/", 1)[1]
+    assert name in out and "altered in place" in out and "without downloading" in out, out

@@ -50,7 +50,7 @@ def run(args, ctx) -> int:
         Vault.open(store, load_key_file(cfg.vault.key_file))
         return "vault exists and the key file opens it"
 
-    check(f"vault {cfg.vault.url}", vault_check)
+    check(f"vault {redact(cfg.vault.url)}", vault_check)
     if cfg.engine.kind == "dask":
         def engine_check() -> str:
             from replicator.dask_engine import connect

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from replicator.errors import UsageError, VaultError
+from replicator.redact import redact
 
 
 def add_parser(sub) -> None:
@@ -53,9 +54,9 @@ def run(args, ctx) -> int:
         if private_path is not None:
             private_path.unlink()  # it protects nothing yet; a retry needs the name free
         raise
-    data = {"vault": cfg.vault.url, "vault_id": vault.vault_id, "key_file": str(cfg.vault.key_file),
+    data = {"vault": redact(cfg.vault.url), "vault_id": vault.vault_id, "key_file": str(cfg.vault.key_file),
             "key_created": created_key, "key_id": key.key_id, "write_only": private is not None}
-    human = (f"vault created at {cfg.vault.url} (id {vault.vault_id})\n"
+    human = (f"vault created at {redact(cfg.vault.url)} (id {vault.vault_id})\n"
              f"key file {cfg.vault.key_file} ({'created, mode 0600' if created_key else 'existing, used'}); ")
     if private is None:
         human += "keep a copy offline: without it the vault cannot be read"

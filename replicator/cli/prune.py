@@ -42,7 +42,9 @@ def run(args, ctx) -> int:
     options = dict(cfg.vault.options)
     if args.credentials:
         options.update(_credentials(Path(args.credentials)))
-    store = open_store(cfg.vault.url, configmod.resolve_secrets(options, "credentials.options"))
+    # Forget records and prune logs carry the vault's retention like every other object it writes.
+    store = open_store(cfg.vault.url, configmod.resolve_secrets(options, "credentials.options"),
+                       immutability=cfg.vault.immutability)
     vault = Vault.open(store, load_key_file(Path(args.key) if args.key else cfg.vault.key_file))
     names = args.job or [j.name for j in cfg.jobs]
     policies = {j.name: j.retention for j in cfg.jobs if j.name in names}

@@ -7,6 +7,7 @@ from pathlib import Path
 from replicator import config as configmod
 from replicator.cli.context import human_bytes
 from replicator.errors import EXIT_OK, EXIT_PROBLEMS, UsageError
+from replicator.redact import redact
 
 
 def add_parser(sub) -> None:
@@ -53,7 +54,7 @@ def run(args, ctx) -> int:
     verb = "would restore" if r.dry_run else "restored"
     noun = "objects" if r.kind == "objects" else f"{r.kind} repositories"  # git/svn: rebuilt repositories
     human = (f"{args.job}: {verb} {r.objects} {noun} ({human_bytes(r.bytes)}) from snapshot {r.snapshot} "
-             f"of {r.time} to {args.to}")
+             f"of {r.time} to {redact(args.to)}")
     if args.prefix and not r.objects and not r.errors and not r.skipped:
         human += f"\nnothing at snapshot {r.snapshot} matches --prefix {args.prefix!r}"
     if r.skipped:

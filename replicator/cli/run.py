@@ -38,7 +38,7 @@ def run(args, ctx) -> int:
         raise ReplicatorError("--workers must be at least 1")
     vault = ctx.open_vault(args.key)
     outcomes = []
-    with StateLock(cfg.state_dir, "run"):
+    with StateLock(cfg.state_dir, "run", vault=None if args.dry_run else vault):
         for job in jobs:
             progress = _Progress(job.name) if sys.stderr.isatty() and not ctx.json else None
             try:
@@ -75,21 +75,26 @@ def _summary(s: RunStats) -> str:
 
 
 class _Progress:
-    """A status line on a terminal: objects, bytes, rate, ETA."""
+    """A status line on a terminal: objects, bytes, rate, ETA. Bytes count as their chunks are stored
+    (RunStats.stored_bytes), so the line moves while a large object copies; redrawn at most every
+    REFRESH seconds (the engine calls at least every engine.PROGRESS_EVERY)."""
+
+    REFRESH = 0.25
 
     def __init__(self, job: str):
         self.job, self.t0, self.last = job, time.monotonic(), 0.0
 
     def __call__(self, s: RunStats) -> None:
         now = time.monotonic()
-        if now - self.last < 0.25:
+        if now - self.last < self.REFRESH:
             return
         self.last = now
-        rate = s.copied_bytes / max(now - self.t0, 1e-6)
-        left = max(s.to_copy_bytes - s.copied_bytes, 0)
+        done = max(s.copied_bytes, s.stored_bytes)  # the process and Dask engines count whole objects
+        rate = done / max(now - self.t0, 1e-6)
+        left = max(s.to_copy_bytes - done, 0)
         eta = f"ETA {left / rate:.0f}s" if rate > 0 and s.to_copy else ""
         line = (f"{self.job}: listed {s.listed}, copied {s.copied}/{s.to_copy} objects, "
-                f"{human_bytes(s.copied_bytes)}/{human_bytes(s.to_copy_bytes)}, {human_bytes(rate)}/s {eta}")
+                f"{human_bytes(done)}/{human_bytes(s.to_copy_bytes)}, {human_bytes(rate)}/s {eta}")
         sys.stderr.write("\r" + line[:150].ljust(150))
         sys.stderr.flush()
 

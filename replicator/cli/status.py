@@ -1,11 +1,24 @@
 """`replicator status`: per job, the last success, the last error, the next run and the lag (and,
-with events, the replication lag and what events missed)."""
+with events, the replication lag and what events missed).
+
+The next run is what the daemon last wrote to the catalogue: shown only while a daemon runs (the
+lock file names a live one) and the time is ahead; otherwise "daemon not running" or "overdue".
+A run ended by a graceful stop is shown as such, not as an error.
+"""
 
 from __future__ import annotations
 
+import os
+import re
+import socket
 from datetime import datetime, timezone
+from pathlib import Path
 
 from replicator.units import format_age
+
+# What a stop recorded as a failed run before stops were told apart (meta `stopped:JOB` now).
+_OLD_STOP = ("stopped before the snapshot was written", "stopped while listing")
+NEXT_RUN_LAG = 10  # seconds a running daemon's recorded next run may be past before it is "overdue"
 
 
 def add_parser(sub) -> None:
@@ -23,14 +36,17 @@ def run(args, ctx) -> int:
     exists = (cfg.state_dir / "catalogue.db").exists()
     cat = ctx.catalogue() if exists else None
     now = datetime.now(timezone.utc)
+    daemon = daemon_running(cfg.state_dir)
     jobs = []
     for job in cfg.jobs:
         info = {"job": job.name, "schedule": job.schedule, "last_success": None, "last_error": None,
-                "next_run": None, "breaker": None, "lag_seconds": None, "snapshot": None, "snapshot_time": None, "live_objects": None,
+                "next_run": None, "next_run_past": None, "stopped": None, "breaker": None, "lag_seconds": None,
+                "snapshot": None, "snapshot_time": None, "live_objects": None,
                 "replication_lag_seconds": None, "events": None}
         if cat is not None:
             info.update(cat.last_runs(job.name))
-            info["next_run"] = cat.meta(f"next_run:{job.name}")
+            info.update(_next_run(cat.meta(f"next_run:{job.name}"), now, daemon))
+            info["stopped"] = _stop(cat, job.name, info)
             info["breaker"] = cat.meta(f"breaker:{job.name}")
             head = cat.head(job.name)
             if head:
@@ -51,8 +67,15 @@ def run(args, ctx) -> int:
     lines = [f"{'JOB':<20} {'LAST SUCCESS':<21} {'LAG':>8}  {'NEXT RUN':<21} {'SNAPSHOT':>8}  LAST ERROR"]
     for j in jobs:
         err = f"{j['last_error']['time']}: {j['last_error']['error']}" if j["last_error"] else "-"
+        nxt = j["next_run"] or ("-" if not j["next_run_past"] else "overdue" if daemon else "daemon not running")
         lines.append(f"{j['job']:<20} {j['last_success'] or 'never':<21} {format_age(j['lag_seconds']):>8}  "
-                     f"{j['next_run'] or '-':<21} {'-' if j['snapshot'] is None else j['snapshot']:>8}  {err}")
+                     f"{nxt:<21} {'-' if j['snapshot'] is None else j['snapshot']:>8}  {err}")
+    for j in jobs:
+        if j["stopped"]:
+            lines.append(f"{j['job']}: the last run was stopped at {j['stopped']} (a graceful stop, not an error) "
+                         "before its snapshot; the next run resumes it")
+    if not daemon and any(j["next_run_past"] for j in jobs):
+        lines.append("daemon: not running (the next runs it had scheduled are past); `systemctl status replicator`")
     for j in jobs:
         if j["events"]:
             e = j["events"]
@@ -65,8 +88,57 @@ def run(args, ctx) -> int:
             lines.append(f"BREAKER TRIPPED for {j['job']}: {j['breaker']} (holding the previous versions; "
                          f"`replicator approve {j['job']}` if the change was intended)")
     lines += verify.pop("lines")
-    ctx.emit({"jobs": jobs, "verify": verify}, "\n".join(lines))
+    ctx.emit({"jobs": jobs, "daemon_running": daemon, "verify": verify}, "\n".join(lines))
     return 0
+
+
+def _next_run(recorded: str | None, now: datetime, daemon: bool) -> dict:
+    """The next run time the daemon recorded, while the daemon runs and the time is ahead (it rewrites
+    it every second: a few seconds' lag is allowed); else it is reported as past."""
+    if recorded is None:
+        return {"next_run": None, "next_run_past": None}
+    when = datetime.fromisoformat(recorded.replace("Z", "+00:00"))
+    if daemon and (now - when).total_seconds() < NEXT_RUN_LAG:
+        return {"next_run": recorded, "next_run_past": None}
+    return {"next_run": None, "next_run_past": recorded}
+
+
+def _stop(cat, job: str, info: dict) -> str | None:
+    """When the job's last run ended by a graceful stop (newer than its last success and error), else
+    None; an old stop recorded as an error is taken out of `last_error`."""
+    import json
+
+    recorded = cat.meta(f"stopped:{job}")
+    stopped = json.loads(recorded)["time"] if recorded else None
+    error = info["last_error"]
+    if error and (error["error"] or "").startswith(_OLD_STOP):
+        stopped = max(stopped or "", error["time"])
+        info["last_error"] = None
+    later = [t for t in (info["last_success"], (info["last_error"] or {}).get("time")) if t]
+    return stopped if stopped and all(stopped > t for t in later) else None
+
+
+def daemon_running(state_dir) -> bool:
+    """Whether a live `replicator daemon` on this host holds the state directory's lock. Read from the
+    lock file's text (it names its holder) without taking the lock, so a starting daemon is never refused."""
+    try:
+        holder = (state_dir / "lock").read_text(errors="replace")
+    except OSError:
+        return False
+    m = re.match(r"replicator daemon \(pid (\d+) on (.+)\)", holder.strip())
+    if not m or m.group(2) != socket.gethostname():
+        return False
+    pid = int(m.group(1))
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's (the service's dynamic user)
+    try:  # the pid may have been reused since the daemon stopped
+        return b"replicator" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc to ask: the process is alive
 
 
 def _iso(t: float | None) -> str | None:

@@ -36,6 +36,8 @@ def add_parser(sub) -> None:
 def run(args, ctx) -> int:
     if args.sample is not None and not (0 < args.sample <= 100):
         raise UsageError("--sample must be a percentage between 0 and 100")
+    if args.sample is not None and not args.deep and not args.against_source:
+        raise UsageError("--sample chooses which blobs --deep reads: use it with --deep")
     if args.against_source:
         if args.deep or args.sample is not None or args.extend_retention:
             raise UsageError("--against-source compares with the source only; run --deep or --extend-retention separately")
@@ -62,7 +64,8 @@ def run(args, ctx) -> int:
                  + (f", {r.repositories_checked} repositories rebuilt" if getattr(r, "repositories_checked", 0) else ""))
     if r.unreferenced_blobs:
         lines.append(f"{r.unreferenced_blobs} blobs ({human_bytes(r.unreferenced_bytes)}) are not referenced by any "
-                     "snapshot (left by an interrupted run; harmless)")
+                     "snapshot" + (" (left by an interrupted run; harmless)" if r.ok else
+                                   " (left by an interrupted run, or needed by a snapshot reported above)"))
     lines += _issue10_notes(r, cat)
     lines.append("vault OK" if r.ok else f"vault has {len(r.problems)} problems")
     if cat is not None:  # the daemon's metrics and `status` show the last verify

@@ -216,7 +216,7 @@ class GitSource(RepoSource):
         never be captured again. The objects stay in the mirror."""
         if names:
             self.git(["-C", str(mirror), "update-ref", "--stdin"], f"{what}: prune",
-                     input="".join(f"delete {n}\n" for n in names).encode())
+                     input="".join(f"delete {n}\n" for n in names).encode("utf-8", "surrogateescape"))
 
     def _existing(self, mirror: Path, shas: list[str], what: str) -> list[str]:
         if not shas:

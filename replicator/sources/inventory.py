@@ -117,8 +117,8 @@ def report_items(fs, report: Report, bucket: str, prefix: str, accept: Callable[
             if row.get("IsLatest", "true").lower() != "true" or row.get("IsDeleteMarker", "false").lower() == "true":
                 continue
             key = row["Key"]
-            if not key.startswith(prefix) or key.endswith("/"):
-                continue
+            if not key.startswith(prefix) or (key.endswith("/") and not int(row["Size"] or 0)):
+                continue  # an empty "folder" marker is not an object (as in the listing)
             rel = key[len(prefix):]
             if accept(rel):
                 yield SourceItem(rel, int(row["Size"]), _mtime(row.get("LastModifiedDate")),

@@ -179,7 +179,7 @@ class ObjectSource:
             key = key[len(prefix):]
             if hi is not None and key >= hi:
                 return
-            if not key.endswith("/"):  # a "directory" marker is not an object
+            if size or not key.endswith("/"):  # an empty "folder" marker is not an object; one with bytes is
                 yield SourceItem(key, size, mtime, etag, None)
 
     def _prefixes(self, under: str) -> list[str]:
@@ -214,6 +214,16 @@ class ObjectSource:
             for ev in events:
                 if self.accept(ev.key):
                     yield ev
+
+    def versioning(self) -> str:
+        """"enabled", "suspended" or "off": whether the bucket keeps every version (history = "all")."""
+        bucket = self.root.partition("/")[0]
+        with _errors(self.url):
+            if self.protocol in ("s3", "s3a"):
+                status = sync(self.fs.loop, self.fs._call_s3, "get_bucket_versioning", Bucket=bucket).get("Status")
+                return {"Enabled": "enabled", "Suspended": "suspended"}.get(status or "", "off")
+            b = sync(self.fs.loop, self.fs._call, "GET", "b/{}", bucket, json_out=True)
+            return "enabled" if (b.get("versioning") or {}).get("enabled") else "off"
 
     def _s3_versions(self) -> Iterator["VersionEvent"]:
         bucket, _, prefix = self.root.partition("/")

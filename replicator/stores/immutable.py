@@ -154,8 +154,9 @@ def provider_name(store) -> str:
 def no_retention(store) -> LockStatus:
     name = provider_name(store)
     return LockStatus(name, False, False, f"{name} vaults have no provider-enforced retention",
-                      how_to_enable="use an S3 bucket with Object Lock, a GCS bucket with object retention, or an "
-                                    "Azure container with version-level immutability (docs/OPERATIONS.md)")
+                      how_to_enable="address the vault as s3://, gs:// or az:// (libcloud:// and file vaults "
+                                    "cannot carry retention): an S3 bucket with Object Lock, a GCS bucket with object "
+                                    "retention, or an Azure container with version-level immutability (docs/OPERATIONS.md)")
 
 
 class ImmutableStore:

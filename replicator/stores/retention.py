@@ -120,7 +120,7 @@ class S3Retention(_Base):
     def first_version(self, name: str) -> dict:
         """{"VersionId": ...} of the object's oldest version, the one the replicator wrote: its puts
         are create-only, so a version on top is somebody else's overwrite, and lengthening the
-        newest version would protect that one while ours lapses. {} in an unversioned bucket."""
+        newest version would protect that one while ours lapses."""
         key, oldest, kw = self._key(name), None, {}
         while True:
             page = self._call("list_object_versions", name, Prefix=key, **kw)
@@ -132,7 +132,7 @@ class S3Retention(_Base):
             kw = {"KeyMarker": page.get("NextKeyMarker"), "VersionIdMarker": page.get("NextVersionIdMarker")}
         if oldest is None:
             raise NotFound(f"{name} not found in {self.store.url}")
-        return {} if oldest == "null" else {"VersionId": oldest}
+        return {"VersionId": oldest}  # "null": written before versioning was on, still a version of its own
 
     def hidden(self, name: str) -> bool:
         """The object has versions, but none is current (a delete marker hides them)."""

@@ -2,7 +2,13 @@
 
 `[vault] bandwidth` is "50MiB/s", or a list whose first matching entry wins:
 ["08:00-18:00 10MiB/s", "50MiB/s"] (local time; a window may wrap past midnight;
-"off" means unlimited).
+"off" means unlimited). A rate below MIN_RATE and an empty window ("08:00-08:00") are refused:
+the first would stall every transfer for hours, the second would never match.
+
+The limit belongs to one process: worker processes would each get the whole of it, so runs and
+restores do not use them while a limit is set (runs._copier, restore_processes). On a graceful
+stop the daemon releases the bucket (`release`), so the transfers in flight finish at full speed
+within systemd's TimeoutStopSec instead of queueing behind the limit.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Callable, Iterator
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|KiB|MB|MiB|GB|GiB)/s\s*$")
 _WINDOW = re.compile(r"^\s*(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})\s+(.+)$")
 _UNITS = {"B": 1, "KB": 1000, "KiB": 1024, "MB": 1000**2, "MiB": 1024**2, "GB": 1000**3, "GiB": 1024**3}
+MIN_RATE = 1024  # bytes per second: below this one 4 MiB chunk takes over an hour
 
 
 def parse_rate(text: str) -> float | None:
@@ -25,7 +32,18 @@ def parse_rate(text: str) -> float | None:
     m = _RATE.match(text)
     if not m or float(m.group(1)) <= 0:
         raise ValueError(f"expected a rate like 50MiB/s, 500KB/s or off; got {text!r}")
-    return float(m.group(1)) * _UNITS[m.group(2)]
+    rate = float(m.group(1)) * _UNITS[m.group(2)]
+    if rate < MIN_RATE:
+        raise ValueError(f"{text.strip()!r} is below the minimum of 1KiB/s (use \"off\" for no limit)")
+    return rate
+
+
+def is_limited(value: str | list[str] | tuple[str, ...] | None) -> bool:
+    """Whether a `[vault] bandwidth` setting limits anything at some time of day."""
+    if not value:
+        return False
+    schedule = BandwidthSchedule.parse(value)
+    return schedule.default is not None or any(rate is not None for _, _, rate in schedule.rules)
 
 
 class BandwidthSchedule:
@@ -40,9 +58,13 @@ class BandwidthSchedule:
             m = _WINDOW.match(e)
             if m:
                 h1, m1, h2, m2 = (int(x) for x in m.groups()[:4])
-                if h1 > 23 or h2 > 24 or m1 > 59 or m2 > 59:
+                start, end = h1 * 60 + m1, h2 * 60 + m2
+                if h1 > 23 or m1 > 59 or m2 > 59 or end > 24 * 60:
                     raise ValueError(f"bad time window in {e!r}")
-                rules.append((h1 * 60 + m1, h2 * 60 + m2, parse_rate(m.group(5))))
+                if start == end:
+                    raise ValueError(f"the window in {e!r} is empty (it ends where it starts); "
+                                     "for all day, give the rate alone")
+                rules.append((start, end, parse_rate(m.group(5))))
             else:
                 default = parse_rate(e)
         return cls(rules, default)
@@ -60,15 +82,20 @@ class BandwidthSchedule:
 class TokenBucket:
     """Allows `rate()` bytes per second on average, with one second of burst."""
 
-    def __init__(self, rate: Callable[[], float | None], clock=time.monotonic, sleep=time.sleep):
-        self._rate, self._clock, self._sleep = rate, clock, sleep
+    def __init__(self, rate: Callable[[], float | None], clock=time.monotonic, sleep=None):
+        self._released = threading.Event()
+        self._rate, self._clock, self._sleep = rate, clock, sleep or self._released.wait
         self._lock = threading.Lock()
         self._tokens = 0.0
         self._last = clock()
 
+    def release(self) -> None:
+        """No limit from now on, also for transfers waiting now (a graceful stop)."""
+        self._released.set()
+
     def consume(self, n: int) -> None:
         rate = self._rate()
-        if rate is None:
+        if rate is None or self._released.is_set():
             return
         with self._lock:  # callers queue up: the bucket is shared by every transfer thread
             now = self._clock()
@@ -114,3 +141,11 @@ class ThrottledStore:
 
     def create(self) -> None:
         self.inner.create()
+
+
+def release(store) -> None:
+    """Lift the bandwidth limit of `store` (or of a store it wraps), if it has one."""
+    while store is not None:
+        if isinstance(store, ThrottledStore):
+            store.bucket.release()
+        store = getattr(store, "inner", None)

@@ -22,8 +22,8 @@ from typing import Iterator
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from replicator.errors import (AlreadyExists, IntegrityError, NotFound, PrivateKeyNeeded, StoreError, VaultError,
-                               WrongKey)
+from replicator.errors import (AlreadyExists, IntegrityError, NotFound, PrivateKeyNeeded, SnapshotTaken, StoreError,
+                               VaultError, WrongKey)
 from replicator.stores import Store
 from replicator.stores.base import checksums_of
 from replicator.stores.immutable import hidden_by_delete_markers
@@ -164,6 +164,17 @@ class Vault:
     def seal(self, payload: bytes) -> bytes:
         """A blob for roots and records: readable with the daemon's key, even in a write-only vault."""
         return crypto.seal_with(frame(payload), self.meta_wrap, self.rng)
+
+    def seal_record(self, data: bytes) -> bytes:
+        """A small object of the vault's own (a lease): sealed like a root; see `open_record`."""
+        return self.seal(encode_record(data, False))
+
+    def open_record(self, blob: bytes, name: str) -> bytes:
+        payload = self.open_blob(blob, name)
+        try:
+            return decode_record(payload, _plain_size(payload))
+        except IntegrityError as e:
+            raise IntegrityError(f"{name}: {e}") from None
 
     def seal_content(self, payload: bytes) -> bytes:
         """A blob for chunks and manifest pages: in a write-only vault only the private key opens it."""
@@ -341,8 +352,8 @@ class Vault:
         try:
             _put_idempotent(self.store, name, blob)
         except AlreadyExists:
-            raise VaultError(f"snapshot {seq} of job id {job_id[:8]} already exists with other content: another "
-                             "replicator writes to this vault") from None
+            raise SnapshotTaken(f"snapshot {seq} of job id {job_id[:8]} already exists with other content: another "
+                                "replicator writes to this vault") from None
         self._note_checksum(name)
 
     # -- provider checksums (issue 10) ---------------------------------------------
