@@ -132,7 +132,7 @@ def test_the_daemon_killed_and_restarted_again_and_again_converges(tmp_path, s3_
         daemon = p.popen("daemon")
         # Killed once it is up: at start-up, in its first run (due a second after start), or after it.
         wait_until(lambda: "daemon started" in daemon.stderr_path.read_text(), timeout=60, what="the daemon's start")
-        time.sleep(rng.uniform(0.2, 2.5))
+        time.sleep(rng.uniform(0.2, 1.6))
         daemon.send_signal(signal.SIGKILL)
         daemon.wait()
         kills += 1

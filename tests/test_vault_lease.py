@@ -46,7 +46,7 @@ def wait_for_lease(tmp_path, timeout: float = 30) -> None:
 
 
 def test_a_second_writer_from_another_state_directory_is_refused_naming_the_holder(tmp_path):
-    a, b = two_hosts(tmp_path, files=48)  # 24 MiB at 2 MiB/s: the holder runs for 12 s
+    a, b = two_hosts(tmp_path, files=48, bandwidth="4MiB/s")  # 24 MiB at 4 MiB/s: the holder runs for 6 s
     running = a.popen("run")
     wait_for_lease(tmp_path)
     r = b.cli("run", check=2)
@@ -61,7 +61,7 @@ def test_a_second_writer_from_another_state_directory_is_refused_naming_the_hold
 
 
 def test_a_killed_holders_lease_is_passed_over_by_its_own_state_directory_and_lapses_for_others(tmp_path):
-    a, b = two_hosts(tmp_path, ttl=10)  # long enough for b's first try to fall inside it on a slow machine
+    a, b = two_hosts(tmp_path, ttl=6)  # long enough for b's first try to fall inside it on a slow machine
     running = a.popen("run")
     wait_for_lease(tmp_path)
     os.kill(running.pid, signal.SIGKILL)
@@ -71,7 +71,7 @@ def test_a_killed_holders_lease_is_passed_over_by_its_own_state_directory_and_la
     assert "is in use by replicator run" in r.stderr
     assert a.json("run")["jobs"][0]["ok"]  # the same state directory: its predecessor is dead (flock)
     # The lease a's killed run held lapses TTL after its last renewal; then b runs too.
-    time.sleep(max(0.0, killed + 10 + 1 - time.time()))
+    time.sleep(max(0.0, killed + 6 + 1 - time.time()))
     assert b.json("run")["jobs"][0]["ok"]
     assert a.json("verify", "--deep")["ok"]
 
