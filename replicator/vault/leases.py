@@ -29,6 +29,7 @@ import uuid
 from datetime import datetime, timezone
 
 from replicator.errors import AlreadyExists, LockedError, ReplicatorError
+from replicator.stores.throttle import ThrottledStore
 
 log = logging.getLogger("replicator.lease")
 PREFIX = "leases/"
@@ -140,7 +141,7 @@ def _by_holder(store, now: float) -> dict[str, list[str]]:
 
 def _unthrottled(store):
     """The store below the bandwidth limit (stores/throttle.py), with its retries and retention."""
-    while type(store).__name__ == "ThrottledStore":
+    while isinstance(store, ThrottledStore):
         store = store.inner
     return store
 
