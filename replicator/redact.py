@@ -28,6 +28,12 @@ def register(value: str) -> None:
 _USERINFO = re.compile(r"([a-z][a-z0-9+.-]*://)[^/\s]+@", re.IGNORECASE)  # up to the last @: `p@ss` too
 
 
+def first_line(e: BaseException) -> str:
+    """What a one-line error shows of an exception: its first line (or its type), secrets masked."""
+    text = str(e).strip()
+    return redact(text.splitlines()[0] if text else type(e).__name__)
+
+
 def redact(text: str) -> str:
     with _lock:
         for s in sorted(_secrets, key=len, reverse=True):

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 from replicator.errors import StoreError
 from replicator.local_io import write_all
-from replicator.redact import redact
+from replicator.redact import first_line, redact
 
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 PART_SIZE = 8 * 2**20
@@ -163,7 +163,7 @@ class FsspecTarget:
         except (ImportError, ValueError, TypeError) as e:
             raise StoreError(f"{shown}: bad restore target: {redact(str(e))}") from None
         except Exception as e:  # filesystems that connect at once (sftp): refused, unknown host, ...
-            raise StoreError(f"{shown}: cannot reach the target: {_first_line(e)}") from None
+            raise StoreError(f"{shown}: cannot reach the target: {first_line(e)}") from None
         self.root = root.rstrip("/")
         self.url = shown
         proto = self.fs.protocol
@@ -172,7 +172,7 @@ class FsspecTarget:
             if not self.fs.exists(self.root):
                 self.fs.mkdir(self.root, create_parents=True)
         except Exception as e:
-            raise StoreError(f"{shown}: cannot reach or create the target: {_first_line(e)}") from None
+            raise StoreError(f"{shown}: cannot reach or create the target: {first_line(e)}") from None
 
     def write(self, key: str, chunks: Iterator[bytes]) -> None:
         # S3 keys are flat strings: `a//b`, `/x`, `../y` are ordinary keys there, written as they are.
@@ -187,7 +187,7 @@ class FsspecTarget:
                 for c in chunks:
                     f.write(c)
         except Exception as e:
-            raise StoreError(f"{self.url}: cannot write an object: {_first_line(e)}") from None
+            raise StoreError(f"{self.url}: cannot write an object: {first_line(e)}") from None
 
     def _put_slash_key(self, key: str, chunks: Iterator[bytes]) -> None:
         """A key ending in "/" that holds bytes: s3fs would drop the slash, so one PutObject, its
@@ -202,11 +202,8 @@ class FsspecTarget:
         try:
             self.fs.call_s3("put_object", Bucket=bucket, Key=f"{prefix}/{key}" if prefix else key, Body=bytes(body))
         except Exception as e:
-            raise StoreError(f"{self.url}: cannot write an object: {_first_line(e)}") from None
+            raise StoreError(f"{self.url}: cannot write an object: {first_line(e)}") from None
 
 
 _SLASH_KEY_MAX = 64 << 20
 
-
-def _first_line(e: BaseException) -> str:
-    return redact(str(e).splitlines()[0] if str(e).strip() else type(e).__name__)

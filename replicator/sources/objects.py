@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator
 
 from replicator.backoff import Backoff
 from replicator.errors import SourceChanged, SourceError
-from replicator.redact import redact
+from replicator.redact import first_line, redact
 from replicator.sources.base import SourceItem
 from replicator.sources.s3_bodies import S3Bodies, status_of
 from replicator.sources.s3_listing import S3Pages
@@ -527,7 +527,7 @@ class _errors:
     def __exit__(self, typ, e, tb):
         if e is None or isinstance(e, (SourceError, GeneratorExit)) or not isinstance(e, Exception):
             return False
-        text = redact(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)[:300]
+        text = first_line(e)[:300]
         if self.item is not None and isinstance(e, FileNotFoundError):
             raise SourceChanged(f"{self.item.key!r} vanished while it was read") from None
         if isinstance(e, FileNotFoundError):

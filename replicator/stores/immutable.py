@@ -372,7 +372,6 @@ def generic_probe(store, name: str, data: bytes) -> list[Attempt]:
 
 
 def _short(e: BaseException) -> str:
-    from replicator.redact import redact
+    from replicator.redact import first_line
 
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return redact(f"{type(e).__name__}: {text}")[:300]
+    return f"{type(e).__name__}: {first_line(e)}"[:300]
